@@ -25,6 +25,7 @@
 //! assert_eq!(doubled.shape(), vec![3, 2, 4, 4]);
 //! ```
 
+pub mod analytic;
 pub mod backend;
 pub mod conditioning;
 pub mod denoiser;
