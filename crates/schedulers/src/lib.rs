@@ -22,6 +22,7 @@
 //! assert!(ember_core::SampleTensor::all_finite(&x));
 //! ```
 
+pub mod analytic;
 pub mod config;
 pub mod registry;
 pub mod schedule;
