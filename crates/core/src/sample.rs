@@ -239,4 +239,24 @@ mod tests {
         assert_eq!(d.data(), &[1.0, 2.0, 30.0, 40.0]);
         assert!(HostTensor::new(vec![3], vec![1.0]).is_err());
     }
+
+    #[cfg(any(feature = "flex", feature = "ndarray"))]
+    #[test]
+    fn burn_tensor_ops_match_host() {
+        type B = crate::backend::DefaultBackend;
+        let device = Default::default();
+        let h = HostTensor::new(vec![2, 1, 3], vec![1.0, -2.0, 3.0, 4.0, 5.0, -6.0]).unwrap();
+        let t: Tensor<B, 3> = h.to_tensor(&device);
+        let got = SampleTensor::scale_per_sample(&t, &[2.0, -1.0]).to_host();
+        assert_eq!(got, h.scale_per_sample(&[2.0, -1.0]));
+        let lc = <Tensor<B, 3> as SampleTensor>::lin_comb(&[(0.5, &t), (2.0, &t)]).to_host();
+        assert_eq!(lc, h.scale(2.5));
+        assert_eq!(SampleTensor::clamp(&t, -1.0, 1.0).to_host(), h.clamp(-1.0, 1.0));
+        assert!(SampleTensor::all_finite(&t));
+        let mut bad = h.clone();
+        bad.data_mut()[4] = f64::NAN;
+        assert!(!SampleTensor::all_finite(&bad.to_tensor::<B, 3>(&device)));
+        bad.data_mut()[4] = f64::INFINITY;
+        assert!(!SampleTensor::all_finite(&bad.to_tensor::<B, 3>(&device)));
+    }
 }
