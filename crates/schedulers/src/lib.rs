@@ -24,8 +24,36 @@
 
 pub mod analytic;
 pub mod config;
+pub mod deis_multistep;
+pub mod ddim;
+pub mod ddim_inverse;
+pub mod ddpm;
+pub mod ddpm_common;
+pub mod euler_ancestral_discrete;
+pub mod heun_discrete;
+pub mod k_dpm_2_ancestral_discrete;
+pub mod k_dpm_2_discrete;
+pub mod lcm;
+pub mod lms_discrete;
+pub mod pndm;
+pub mod tcd;
+pub mod dpm_solver;
+pub mod dpmsolver_multistep;
+pub mod dpmsolver_singlestep;
+pub mod edm_dpmsolver_multistep;
+pub mod edm_euler;
+pub mod euler_discrete;
+pub mod k_diffusion;
+pub mod score_sde;
+pub mod training;
+pub mod flow_match_euler_discrete;
+pub mod flow_match_heun_discrete;
+pub mod flow_sigmas;
 pub mod registry;
+pub mod unipc_multistep;
+pub mod vp_solver;
 pub mod schedule;
+pub mod sigma_schedule;
 pub mod sigmas;
 
 pub use config::{config_to_json, parse_config, SchedulerConfig};

@@ -56,7 +56,18 @@ pub fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let step = (e - s) / (n as f32 - 1.0);
     let half = n / 2;
     (0..n)
-        .map(|i| if i < half { s + step * i as f32 } else { e - step * (n - i - 1) as f32 })
+        // PyTorch's kernel is compiled with FMA contraction: `start + step * i` and
+        // `end - step * (n - 1 - i)` are each rounded once (fused multiply-add). Products of
+        // a float32 and an index are exact in f64, so f64 `mul_add` then one rounding to f32
+        // reproduces it (checked bit for bit against torch 2.x on linear/scaled_linear βs).
+        .map(|i| {
+            let (s, e, step) = (f64::from(s), f64::from(e), f64::from(step));
+            if i < half {
+                step.mul_add(i as f64, s) as f32
+            } else {
+                (-step).mul_add((n - i - 1) as f64, e) as f32
+            }
+        })
         .collect()
 }
 
