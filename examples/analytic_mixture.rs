@@ -22,10 +22,11 @@ fn main() -> Result<()> {
     println!("Gaussian mixture, {n} samples, {steps} steps per scheduler");
     println!("truth: mean [{:+.3} {:+.3}]  var [{:.3} {:.3}]  weights {:?}\n",
         truth.0[0], truth.0[1], truth.1[0], truth.1[3], round3(&truth.2));
-    println!("{:<40} {:>17} {:>15} {:>22} {:>8}", "scheduler", "mean", "var", "weights", "|Δw|max");
+    println!("{:<56} {:>17} {:>15} {:>22} {:>8}", "scheduler", "mean", "var", "weights", "|Δw|max");
     let configs = [
-        json!({"_class_name": "DDPMScheduler"}),
-        json!({"_class_name": "DDIMScheduler", "timestep_spacing": "trailing"}),
+        // DDPM and DDIM clip x̂₀ to [-1, 1] by default (image data); this data is wider.
+        json!({"_class_name": "DDPMScheduler", "clip_sample": false}),
+        json!({"_class_name": "DDIMScheduler", "clip_sample": false, "timestep_spacing": "trailing"}),
         json!({"_class_name": "PNDMScheduler", "skip_prk_steps": true}),
         json!({"_class_name": "EulerDiscreteScheduler"}),
         json!({"_class_name": "EulerAncestralDiscreteScheduler"}),
@@ -46,8 +47,8 @@ fn main() -> Result<()> {
         let x = run(scheduler.as_mut(), &model, steps, n, 7)?;
         let s = sample_stats(&x, &mixture);
         let dw = s.weights.iter().zip(&truth.2).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        let label = cfg.to_string().replace("\"_class_name\":", "").replace('"', "");
-        println!("{:<40} [{:+.3} {:+.3}] [{:.3} {:.3}] {:>22} {:>8.3}",
+        let label = label(&cfg);
+        println!("{:<56} [{:+.3} {:+.3}] [{:.3} {:.3}] {:>22} {:>8.3}",
             label, s.mean[0], s.mean[1], s.covariance[0], s.covariance[3],
             format!("{:?}", round3(&s.weights)), dw);
     }
@@ -73,6 +74,16 @@ fn run(
         x = scheduler.step(&out, t, &x, step_noise.as_ref())?.prev_sample;
     }
     Ok(x)
+}
+
+/// `ClassName key=value ...` for a config.
+fn label(cfg: &serde_json::Value) -> String {
+    let obj = cfg.as_object().cloned().unwrap_or_default();
+    let mut out = obj.get("_class_name").and_then(|v| v.as_str()).unwrap_or("?").replace("Scheduler", "");
+    for (k, v) in obj.iter().filter(|(k, _)| *k != "_class_name") {
+        out.push_str(&format!(" {k}={}", v.to_string().trim_matches('"')));
+    }
+    out
 }
 
 fn round3(v: &[f64]) -> Vec<f64> {

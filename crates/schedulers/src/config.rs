@@ -61,6 +61,116 @@ pub fn config_to_json<C: SchedulerConfig>(cfg: &C) -> Value {
     Value::Object(out)
 }
 
+/// Parses the text of a `scheduler_config.json` as Python's `json` module writes it.
+///
+/// Python writes non-finite floats as the bare tokens `NaN`, `Infinity` and `-Infinity`
+/// (DPM-Solver's default `lambda_min_clipped` is `-Infinity`), which strict JSON rejects.
+/// Outside string literals those tokens are turned into the strings `"NaN"`, `"Infinity"`
+/// and `"-Infinity"`, which the config structs' float fields accept.
+pub fn parse_config_text(text: &str, what: &str) -> Result<Value> {
+    let mut out = String::with_capacity(text.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        } else if let Some(token) =
+            ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t))
+        {
+            out.push('"');
+            out.push_str(token);
+            out.push('"');
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    serde_json::from_str(&out).map_err(|e| Error::Parse { what: what.to_string(), message: e.to_string() })
+}
+
+/// Writes a config as diffusers does (two-space indent), with the non-finite markers
+/// `"NaN"`, `"Infinity"` and `"-Infinity"` written back as Python's bare tokens, so that
+/// diffusers reads the file unchanged.
+pub fn config_to_text(value: &Value) -> String {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "{}".to_string());
+    text.replace("\"-Infinity\"", "-Infinity")
+        .replace("\"Infinity\"", "Infinity")
+        .replace("\"NaN\"", "NaN")
+}
+
+/// Serde helper for floats that may be infinite (`lambda_min_clipped = -inf`): written as
+/// the marker strings of [`config_to_text`], read from numbers, markers or `null` (= −∞,
+/// what earlier Ember versions wrote).
+pub mod nonfinite_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes finite values as numbers and non-finite ones as `"-Infinity"`, `"Infinity"`, `"NaN"`.
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if *v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    /// Reads a number, one of the markers (also `inf` / `-inf`), or `null` meaning −∞.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Option::<Repr>::deserialize(d)? {
+            None => Ok(f64::NEG_INFINITY),
+            Some(Repr::Num(v)) => Ok(v),
+            Some(Repr::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
+                "inf" | "infinity" | "+inf" | "+infinity" => Ok(f64::INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => other.parse::<f64>().map_err(|_| {
+                    serde::de::Error::custom(format!("expected a number, got the string `{s}`"))
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_nonfinite_tokens_round_trip() {
+        let text = r#"{"a": -Infinity, "b": "keep -Infinity \" NaN", "c": [NaN, Infinity, 1.5]}"#;
+        let v = parse_config_text(text, "test").unwrap();
+        assert_eq!(v["a"], "-Infinity");
+        assert_eq!(v["b"], "keep -Infinity \" NaN");
+        assert_eq!(v["c"][0], "NaN");
+        let back = config_to_text(&v);
+        assert!(back.contains("\"a\": -Infinity"));
+        assert!(parse_config_text("{\"a\": -Inf}", "test").is_err());
+    }
+}
+
 /// Serde helper: a `f64` that diffusers may also write as an integer or `null`-free float.
 /// (serde already accepts integers for `f64`; this module exists for `Option<Vec<f64>>`
 /// fields such as `trained_betas`, which diffusers may write as `null`.)

@@ -57,5 +57,7 @@ pub mod sigma_schedule;
 pub mod sigmas;
 
 pub use config::{config_to_json, parse_config, SchedulerConfig};
-pub use registry::{from_class_name, from_config_json, load_config_file, swap, SCHEDULERS};
+pub use registry::{
+    from_class_name, from_config_json, load_config_file, save_config_file, swap, SCHEDULERS,
+};
 pub use schedule::{BetaSchedule, TrainSchedule};

@@ -84,9 +84,22 @@ pub fn swap<S: SampleTensor>(
 pub fn load_config_file<S: SampleTensor>(path: &std::path::Path) -> Result<Box<dyn Scheduler<S>>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Parse { what: path.display().to_string(), message: e.to_string() })?;
+    let json = crate::config::parse_config_text(&text, &path.display().to_string())?;
     from_config_json(&json)
+}
+
+/// Writes a scheduler's configuration as `scheduler_config.json` text that diffusers reads
+/// (non-finite values as Python's `-Infinity` etc.). The file is written to a temporary
+/// name and renamed, so a crash never leaves half a config behind.
+pub fn save_config_file<S: SampleTensor>(
+    scheduler: &dyn Scheduler<S>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let text = crate::config::config_to_text(&scheduler.config_json());
+    let tmp = path.with_extension("json.tmp");
+    let io = |e| Error::Io { path: path.display().to_string(), source: e };
+    std::fs::write(&tmp, text + "\n").map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 fn build<S: SampleTensor>(name: &str, json: &Value) -> Result<Box<dyn Scheduler<S>>> {
