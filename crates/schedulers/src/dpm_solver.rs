@@ -16,10 +16,12 @@
 //! - The SDE variants (DPM-Solver++ paper, §5 / appendix) take the first- and second-order
 //!   steps of the reverse SDE instead; each step consumes one standard-normal draw `z`.
 //!
-//! Higher orders replace the constant x̂₀ (or ε̂) over the step by a polynomial in λ fitted
-//! through previous model outputs: `D0` is the value, `D1` ≈ h·(first derivative),
-//! `D2` ≈ h²·(second derivative)/2-ish finite differences, built from the ratios
-//! `r_k = h_k / h` of the earlier step sizes to the current one (diffusers' names).
+//! Higher orders replace the constant x̂₀ (or ε̂) over the step by its Taylor polynomial in
+//! λ, with the derivatives estimated by finite differences of earlier model outputs:
+//! `D0` is the value, `D1 ≈ h·x̂₀'` and `D2 ≈ h²·x̂₀''/2`, built from the ratios
+//! `r_k = h_k / h` of the earlier step sizes to the current one (diffusers' names). The
+//! integral of `e^{λ}·(D0 + D1·u + D2·u²)` over the step gives the φ-function coefficients
+//! below (DPM-Solver++ eq. 9 and its third-order extension).
 //!
 //! Every update is `x_t = a·x_s + b0·D0 + b1·D1 + b2·D2 + c·z`; the scalar coefficients are
 //! computed here on the host in f64 ([`Coefficients`]) and the D's are expanded into the
@@ -65,12 +67,18 @@ impl AlgorithmType {
     }
     /// Whether each step consumes fresh noise.
     pub fn is_sde(self) -> bool {
-        matches!(self, AlgorithmType::SdeDpmSolver | AlgorithmType::SdeDpmSolverPlusPlus)
+        matches!(
+            self,
+            AlgorithmType::SdeDpmSolver | AlgorithmType::SdeDpmSolverPlusPlus
+        )
     }
     /// Whether the solver integrates the data prediction x̂₀ (the "++" variants) rather
     /// than the noise prediction ε̂.
     pub fn predicts_data(self) -> bool {
-        matches!(self, AlgorithmType::DpmSolverPlusPlus | AlgorithmType::SdeDpmSolverPlusPlus)
+        matches!(
+            self,
+            AlgorithmType::DpmSolverPlusPlus | AlgorithmType::SdeDpmSolverPlusPlus
+        )
     }
 }
 
@@ -133,7 +141,11 @@ pub struct Node {
 impl Node {
     /// The node with signal scale `alpha` and noise scale `sigma`.
     pub fn new(alpha: f64, sigma: f64) -> Self {
-        Self { alpha, sigma, lambda: alpha.ln() - sigma.ln() }
+        Self {
+            alpha,
+            sigma,
+            lambda: alpha.ln() - sigma.ln(),
+        }
     }
 }
 
@@ -222,7 +234,11 @@ pub fn coefficients(algorithm: AlgorithmType, t: Node, s: Node) -> Coefficients 
                 d1_midpoint: 0.5 * d0,
                 d1_heun: -2.0 * st * (phi1 / h - 1.0),
                 d2: None,
-                noise: if st == 0.0 { 0.0 } else { st * (2.0 * h).exp_m1().sqrt() },
+                noise: if st == 0.0 {
+                    0.0
+                } else {
+                    st * (2.0 * h).exp_m1().sqrt()
+                },
             }
         }
     }
@@ -312,8 +328,14 @@ pub fn multistep_update<S: SampleTensor>(
         )));
     }
     let (t, s0, s1) = (nodes[0], nodes[1], nodes[2]);
-    let c = coefficients(algorithm, t, s0);
     let h = t.lambda - s0.lambda;
+    if h == 0.0 {
+        // A zero-length step (the final σ equal to the last step's σ, e.g. Karras σs with
+        // final_sigmas_type = sigma_min) leaves the sample where it is; the finite
+        // differences below would divide by h (diffusers returns NaN there).
+        return Ok(sample.clone());
+    }
+    let c = coefficients(algorithm, t, s0);
     let r0 = (s0.lambda - s1.lambda) / h;
     // Each D is a linear form in (m0, m1, m2); `w` collects Σ coefficient·D per output.
     let mut w = [c.d0, 0.0, 0.0];
@@ -329,7 +351,10 @@ pub fn multistep_update<S: SampleTensor>(
         let d2 = c.d2.ok_or_else(|| {
             Error::config(
                 "solver_order",
-                format!("algorithm_type `{}` has no third-order update", algorithm.name()),
+                format!(
+                    "algorithm_type `{}` has no third-order update",
+                    algorithm.name()
+                ),
             )
         })?;
         let r1 = (s1.lambda - s2.lambda) / h;
@@ -343,7 +368,12 @@ pub fn multistep_update<S: SampleTensor>(
         }
     }
     let terms: Vec<(f64, &S)> = w.iter().copied().zip(outputs.iter().copied()).collect();
-    Ok(combine(c.sample, sample, &terms, noise.map(|z| (c.noise, z))))
+    Ok(combine(
+        c.sample,
+        sample,
+        &terms,
+        noise.map(|z| (c.noise, z)),
+    ))
 }
 
 /// Singlestep update of order 2 or 3 (diffusers' `singlestep_dpm_solver_second_order_update`
@@ -375,8 +405,12 @@ pub fn singlestep_update<S: SampleTensor>(
     }
     let t = nodes[0];
     let oldest = nodes[order];
-    let c = coefficients(algorithm, t, oldest);
     let h = t.lambda - oldest.lambda;
+    if h == 0.0 {
+        // A zero-length step leaves the sample where it is (see `multistep_update`).
+        return Ok(sample.clone());
+    }
+    let c = coefficients(algorithm, t, oldest);
     let mut w = [0.0; 3];
     if order == 2 {
         let r0 = (nodes[1].lambda - oldest.lambda) / h;
@@ -405,7 +439,10 @@ pub fn singlestep_update<S: SampleTensor>(
                 let d2 = c.d2.ok_or_else(|| {
                     Error::config(
                         "solver_order",
-                        format!("algorithm_type `{}` has no third-order update", algorithm.name()),
+                        format!(
+                            "algorithm_type `{}` has no third-order update",
+                            algorithm.name()
+                        ),
                     )
                 })?;
                 for k in 0..3 {
@@ -417,7 +454,12 @@ pub fn singlestep_update<S: SampleTensor>(
         }
     }
     let terms: Vec<(f64, &S)> = w.iter().copied().zip(outputs.iter().copied()).collect();
-    Ok(combine(c.sample, sample, &terms, noise.map(|z| (c.noise, z))))
+    Ok(combine(
+        c.sample,
+        sample,
+        &terms,
+        noise.map(|z| (c.noise, z)),
+    ))
 }
 
 /// The mean part of a learned-variance model output: its first `C` channels, where `C` is
@@ -454,8 +496,11 @@ pub fn split_learned_variance<S: SampleTensor>(model_output: &S, sample: &S) -> 
         return Ok(S::from_host_like(&HostTensor::zeros(&shape), sample));
     }
     let host = model_output.to_host();
-    let data: Vec<f64> =
-        host.data().chunks(per_out).flat_map(|chunk| chunk[..per_in].iter().copied()).collect();
+    let data: Vec<f64> = host
+        .data()
+        .chunks(per_out)
+        .flat_map(|chunk| chunk[..per_in].iter().copied())
+        .collect();
     let mean = HostTensor::new(shape, data)?;
     Ok(S::from_host_like(&mean, sample))
 }
@@ -501,7 +546,10 @@ pub fn check_solver_order(order: usize) -> Result<()> {
     if (1..=3).contains(&order) {
         Ok(())
     } else {
-        Err(Error::config("solver_order", format!("must be 1, 2 or 3, got {order}")))
+        Err(Error::config(
+            "solver_order",
+            format!("must be 1, 2 or 3, got {order}"),
+        ))
     }
 }
 
@@ -605,7 +653,10 @@ pub fn data_from_converted<S: SampleTensor>(
     if algorithm.predicts_data() {
         converted.clone()
     } else {
-        S::lin_comb(&[(1.0 / node.alpha, sample), (-node.sigma / node.alpha, converted)])
+        S::lin_comb(&[
+            (1.0 / node.alpha, sample),
+            (-node.sigma / node.alpha, converted),
+        ])
     }
 }
 
@@ -619,7 +670,9 @@ pub struct OutputHistory<S> {
 impl<S: SampleTensor> OutputHistory<S> {
     /// An empty history with `order` slots.
     pub fn new(order: usize) -> Self {
-        Self { slots: vec![None; order] }
+        Self {
+            slots: vec![None; order],
+        }
     }
     /// Shifts the history by one and stores `x` as the newest entry.
     pub fn push(&mut self, x: S) {
@@ -650,34 +703,9 @@ impl<S: SampleTensor> OutputHistory<S> {
     }
 }
 
-/// Serde helper for `lambda_min_clipped`, whose diffusers default is −∞: JSON has no
-/// infinity, serde_json writes it as `null`, so `null` (and the strings `"-inf"`,
-/// `"-Infinity"`) read back as −∞.
-pub mod neg_inf_on_null {
-    use serde::{Deserialize, Deserializer};
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Num(f64),
-        Text(String),
-    }
-
-    /// Deserialises a float, `null` meaning −∞.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Option::<Repr>::deserialize(d)? {
-            None => Ok(f64::NEG_INFINITY),
-            Some(Repr::Num(v)) => Ok(v),
-            Some(Repr::Text(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "-inf" | "-infinity" => Ok(f64::NEG_INFINITY),
-                "inf" | "infinity" | "+inf" | "+infinity" => Ok(f64::INFINITY),
-                other => other.parse::<f64>().map_err(|_| {
-                    serde::de::Error::custom(format!("expected a number, got the string `{s}`"))
-                }),
-            },
-        }
-    }
-}
+/// Serde helper for `lambda_min_clipped`, whose diffusers default is −∞ (written by Python
+/// as the bare token `-Infinity`): see [`crate::config::nonfinite_f64`].
+pub use crate::config::nonfinite_f64 as neg_inf_on_null;
 
 /// The σ spacing of a DPM-Solver on a DDPM schedule, in diffusers' order of precedence
 /// (`use_karras_sigmas`, `use_lu_lambdas`, `use_exponential_sigmas`, `use_beta_sigmas`,
@@ -780,7 +808,11 @@ pub fn vp_inference_schedule(
             let mut sigmas: Vec<f64> = linspace_f64(1.0, 1.0 / t_train, n + 1)
                 .into_iter()
                 .map(|a| {
-                    crate::flow_sigmas::shift_sigma(shift, 1.0 - a, crate::flow_sigmas::Precision::F64)
+                    crate::flow_sigmas::shift_sigma(
+                        shift,
+                        1.0 - a,
+                        crate::flow_sigmas::Precision::F64,
+                    )
                 })
                 .collect();
             sigmas.reverse();
@@ -807,7 +839,9 @@ pub fn vp_add_noise<S: SampleTensor>(
     check_same_shape("noise", original, noise)?;
     let alphas: Vec<f64> = alpha_sigma.iter().map(|p| p.0).collect();
     let sigmas: Vec<f64> = alpha_sigma.iter().map(|p| p.1).collect();
-    Ok(original.scale_per_sample(&alphas).add(&noise.scale_per_sample(&sigmas)))
+    Ok(original
+        .scale_per_sample(&alphas)
+        .add(&noise.scale_per_sample(&sigmas)))
 }
 
 /// Checks an `add_noise` timestep list against the batch: one per sample, or one for all.
@@ -863,7 +897,10 @@ mod tests {
         let t = Node::new(1.0, 0.0);
         let s = vp(0.3);
         let (x, x0) = (host(&[1.0]), host(&[0.25]));
-        for alg in [AlgorithmType::DpmSolverPlusPlus, AlgorithmType::SdeDpmSolverPlusPlus] {
+        for alg in [
+            AlgorithmType::DpmSolverPlusPlus,
+            AlgorithmType::SdeDpmSolverPlusPlus,
+        ] {
             let z = host(&[5.0]);
             let got = first_order_update(alg, t, s, &x, &x0, Some(&z));
             assert!((got.data()[0] - 0.25).abs() < 1e-15, "{alg:?}: {got:?}");
@@ -912,8 +949,39 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!((heun.data()[0] - xr.data()[0]).abs() < 1e-7, "{heun:?} vs {xr:?}");
-        assert!((third.data()[0] - xr.data()[0]).abs() < 1e-7, "{third:?} vs {xr:?}");
+        assert!(
+            (heun.data()[0] - xr.data()[0]).abs() < 1e-7,
+            "{heun:?} vs {xr:?}"
+        );
+        assert!(
+            (third.data()[0] - xr.data()[0]).abs() < 1e-7,
+            "{third:?} vs {xr:?}"
+        );
+    }
+
+    #[test]
+    fn zero_length_steps_are_the_identity() {
+        let n = vp(0.02);
+        let x = host(&[1.5]);
+        let (m0, m1, m2) = (host(&[0.1]), host(&[0.2]), host(&[0.3]));
+        for alg in [AlgorithmType::DpmSolverPlusPlus, AlgorithmType::DpmSolver] {
+            for st in [SolverType::Midpoint, SolverType::Heun] {
+                let y = multistep_update(
+                    alg,
+                    st,
+                    &[n, n, vp(0.5), vp(1.0)],
+                    &[&m0, &m1, &m2],
+                    &x,
+                    None,
+                )
+                .unwrap();
+                assert_eq!(y.data(), x.data());
+                let y = singlestep_update(alg, st, &[n, n, n], &[&m0, &m1], &x, None).unwrap();
+                assert_eq!(y.data(), x.data());
+            }
+            let y = first_order_update(alg, n, n, &x, &m0, None);
+            assert!((y.data()[0] - 1.5).abs() < 1e-15);
+        }
     }
 
     #[test]
@@ -936,12 +1004,15 @@ mod tests {
     #[test]
     fn learned_variance_split_takes_mean_channels() {
         let sample = HostTensor::new(vec![2, 1, 2], vec![0.0; 4]).unwrap();
-        let out = HostTensor::new(vec![2, 2, 2], vec![1.0, 2.0, 9.0, 9.0, 3.0, 4.0, 8.0, 8.0])
-            .unwrap();
+        let out =
+            HostTensor::new(vec![2, 2, 2], vec![1.0, 2.0, 9.0, 9.0, 3.0, 4.0, 8.0, 8.0]).unwrap();
         let mean = split_learned_variance(&out, &sample).unwrap();
         assert_eq!(mean.data(), &[1.0, 2.0, 3.0, 4.0]);
         let bad = HostTensor::new(vec![2, 2, 3], vec![0.0; 12]).unwrap();
-        assert!(matches!(split_learned_variance(&bad, &sample), Err(Error::Shape { .. })));
+        assert!(matches!(
+            split_learned_variance(&bad, &sample),
+            Err(Error::Shape { .. })
+        ));
     }
 
     #[test]

@@ -41,8 +41,12 @@ use crate::dpm_solver::{
 };
 use crate::flow_sigmas::TimeShiftType;
 use crate::schedule::{linspace_f64, BetaSchedule, TrainSchedule};
-use crate::sigma_schedule::{check_beta_schedule, check_custom_timesteps, np_arange, SigmaSpacing, TrainSigmas};
-use crate::vp_solver::{alpha_sigma, multistep_index_for_timestep, FinalSigmasType, TimestepSpacing};
+use crate::sigma_schedule::{
+    check_beta_schedule, check_custom_timesteps, np_arange, SigmaSpacing, TrainSigmas,
+};
+use crate::vp_solver::{
+    alpha_sigma, multistep_index_for_timestep, FinalSigmasType, TimestepSpacing,
+};
 use ember_core::scheduler::{check_finite, check_same_shape};
 use ember_core::{Error, Prediction, Result, SampleTensor, Scheduler, StepOutput, TimestepRequest};
 use serde::{Deserialize, Serialize};
@@ -103,7 +107,7 @@ pub struct DpmSolverMultistepConfig {
     /// The σ the last step ends at.
     pub final_sigmas_type: FinalSigmasType,
     /// Timesteps whose λ is below this are not used (`-inf`: all are; written as `null`).
-    #[serde(deserialize_with = "neg_inf_on_null::deserialize")]
+    #[serde(with = "neg_inf_on_null")]
     pub lambda_min_clipped: f64,
     /// `learned`/`learned_range` for models that also output their variance (its channels
     /// are dropped); DDPM's fixed kinds are accepted and ignored.
@@ -173,7 +177,11 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
         check_beta_schedule(
             self.beta_schedule,
             self.trained_betas.as_deref(),
-            &[BetaSchedule::Linear, BetaSchedule::ScaledLinear, BetaSchedule::SquaredcosCapV2],
+            &[
+                BetaSchedule::Linear,
+                BetaSchedule::ScaledLinear,
+                BetaSchedule::SquaredcosCapV2,
+            ],
             Self::CLASS_NAME,
         )?;
         check_solver_order(self.solver_order)?;
@@ -182,7 +190,11 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
             self.use_exponential_sigmas,
             self.use_beta_sigmas,
         )?;
-        check_thresholding(self.thresholding, self.dynamic_thresholding_ratio, self.sample_max_value)?;
+        check_thresholding(
+            self.thresholding,
+            self.dynamic_thresholding_ratio,
+            self.sample_max_value,
+        )?;
         let alg = self.algorithm_type;
         if !alg.predicts_data() && self.final_sigmas_type == FinalSigmasType::Zero {
             return Err(Error::config(
@@ -210,7 +222,10 @@ impl SchedulerConfig for DpmSolverMultistepConfig {
             ));
         }
         if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
-            return Err(Error::config("flow_shift", format!("must be finite and positive, got {}", self.flow_shift)));
+            return Err(Error::config(
+                "flow_shift",
+                format!("must be finite and positive, got {}", self.flow_shift),
+            ));
         }
         if self.lambda_min_clipped.is_nan() {
             return Err(Error::config("lambda_min_clipped", "must not be NaN"));
@@ -302,7 +317,12 @@ impl<S: SampleTensor> DpmSolverMultistepScheduler<S> {
         let clip = self.config.lambda_min_clipped;
         // flip(λ) is increasing; searchsorted (left) counts the entries below the clip
         // (compared in float32, as torch does against a float32 tensor).
-        let below = self.train_lambdas.iter().rev().filter(|&&l| f64::from(l) < f64::from(clip as f32)).count();
+        let below = self
+            .train_lambdas
+            .iter()
+            .rev()
+            .filter(|&&l| f64::from(l) < f64::from(clip as f32))
+            .count();
         self.config.num_train_timesteps - below
     }
 
@@ -323,7 +343,10 @@ impl<S: SampleTensor> DpmSolverMultistepScheduler<S> {
             TimestepSpacing::Leading => {
                 // (arange(0, n + 1) · (last // (n + 1))).round()[::-1][:-1] + steps_offset
                 let ratio = last_timestep / (n + 1);
-                (1..=n).rev().map(|i| (i * ratio + c.steps_offset) as f64).collect()
+                (1..=n)
+                    .rev()
+                    .map(|i| (i * ratio + c.steps_offset) as f64)
+                    .collect()
             }
             TimestepSpacing::Trailing => {
                 // np.arange(last, 0, −T/n).round() − 1 (note: T, not last, sets the ratio).
@@ -384,11 +407,29 @@ impl<S: SampleTensor> DpmSolverMultistepScheduler<S> {
                 let ts: Vec<f64> = custom.iter().map(|t| t.trunc()).collect();
                 check_custom_timesteps(&ts, c.num_train_timesteps)?;
                 let n = ts.len();
-                Ok(vp_inference_schedule(&self.train, layout, n, ts, true, c.final_sigmas_type))
+                Ok(vp_inference_schedule(
+                    &self.train,
+                    layout,
+                    n,
+                    ts,
+                    true,
+                    c.final_sigmas_type,
+                ))
             }
             (Some(n), None) => {
                 if n == 0 {
                     return Err(Error::argument("num_inference_steps", "must be at least 1"));
+                }
+                if n > c.num_train_timesteps {
+                    // More steps than training timesteps repeat timesteps (zero-length solver
+                    // steps, or all-zero `leading` timesteps); diffusers runs on, Ember refuses.
+                    return Err(Error::argument(
+                        "num_inference_steps",
+                        format!(
+                            "{n} exceeds num_train_timesteps = {}",
+                            c.num_train_timesteps
+                        ),
+                    ));
                 }
                 let last = self.last_timestep();
                 if last == 0 {
@@ -400,7 +441,14 @@ impl<S: SampleTensor> DpmSolverMultistepScheduler<S> {
                 let spaced = self.spaced(n, last);
                 // Karras / Lu inversions are rounded except on the cosine schedule.
                 let round = c.beta_schedule != BetaSchedule::SquaredcosCapV2;
-                Ok(vp_inference_schedule(&self.train, layout, n, spaced, round, c.final_sigmas_type))
+                Ok(vp_inference_schedule(
+                    &self.train,
+                    layout,
+                    n,
+                    spaced,
+                    round,
+                    c.final_sigmas_type,
+                ))
             }
         }
     }
@@ -458,7 +506,10 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverMultistepScheduler<S> {
     fn set_timesteps_with(&mut self, request: &TimestepRequest) -> Result<()> {
         if let Some(mu) = request.mu {
             if !self.config.use_dynamic_shifting {
-                return Err(Error::argument("mu", "needs use_dynamic_shifting = true in the config"));
+                return Err(Error::argument(
+                    "mu",
+                    "needs use_dynamic_shifting = true in the config",
+                ));
             }
             if self.config.time_shift_type != TimeShiftType::Exponential {
                 return Err(Error::argument(
@@ -504,7 +555,9 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverMultistepScheduler<S> {
     ) -> Result<StepOutput<S>> {
         let class = DpmSolverMultistepConfig::CLASS_NAME;
         if self.num_inference_steps.is_none() {
-            return Err(Error::State(format!("{class}: call set_timesteps before step")));
+            return Err(Error::State(format!(
+                "{class}: call set_timesteps before step"
+            )));
         }
         check_finite("model_output", model_output)?;
         let model_output = match self.config.variance_type {
@@ -566,7 +619,10 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverMultistepScheduler<S> {
             self.lower_order_nums += 1;
         }
         self.step_index = Some(index + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: Some(pred_original) })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: Some(pred_original),
+        })
     }
 
     fn add_noise(&self, original: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
@@ -596,10 +652,15 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverMultistepScheduler<S> {
                 (Some(_), Some(step)) => vec![step; timesteps.len()],
                 (Some(begin), None) => vec![begin; timesteps.len()],
             };
-            indices.iter().map(|&i| self.schedule_sigma(i)).collect::<Result<_>>()?
+            indices
+                .iter()
+                .map(|&i| self.schedule_sigma(i))
+                .collect::<Result<_>>()?
         };
-        let pairs: Vec<(f64, f64)> =
-            sigmas.iter().map(|&s| alpha_sigma(s, self.config.use_flow_sigmas)).collect();
+        let pairs: Vec<(f64, f64)> = sigmas
+            .iter()
+            .map(|&s| alpha_sigma(s, self.config.use_flow_sigmas))
+            .collect();
         vp_add_noise(original, noise, &pairs)
     }
     fn step_index(&self) -> Option<usize> {
@@ -626,7 +687,8 @@ mod tests {
     }
 
     fn sd(extra: Value) -> Value {
-        let mut cfg = json!({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012});
+        let mut cfg =
+            json!({"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012});
         for (k, v) in extra.as_object().unwrap() {
             cfg[k] = v.clone();
         }
@@ -644,7 +706,10 @@ mod tests {
     }
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= tol * q.abs().max(1.0))
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(p, q)| (p - q).abs() <= tol * q.abs().max(1.0))
     }
 
     /// Runs the loop with model output `0.5·x + 0.1` (values from diffusers 0.42.1).
@@ -665,11 +730,19 @@ mod tests {
         // Printed by diffusers 0.42.1.
         let (ts, sig) = timesteps_for(sd(json!({"use_karras_sigmas": true})), 8);
         assert_eq!(ts, [999.0, 890.0, 746.0, 549.0, 299.0, 90.0, 12.0, 0.0]);
-        assert!(close(&sig[..3], &[14.614646911621094, 7.902944564819336, 4.027746200561523], 1e-7));
+        assert!(close(
+            &sig[..3],
+            &[14.614646911621094, 7.902944564819336, 4.027746200561523],
+            1e-7
+        ));
         assert_eq!(sig[8], 0.0);
         let (ts, sig) = timesteps_for(sd(json!({"use_lu_lambdas": true})), 8);
         assert_eq!(ts, [999.0, 835.0, 622.0, 359.0, 133.0, 31.0, 5.0, 0.0]);
-        assert!(close(&sig[..3], &[14.614646911621094, 6.0129828453063965, 2.4739537239074707], 1e-7));
+        assert!(close(
+            &sig[..3],
+            &[14.614646911621094, 6.0129828453063965, 2.4739537239074707],
+            1e-7
+        ));
         let (ts, _) = timesteps_for(json!({"use_exponential_sigmas": true}), 8);
         assert_eq!(ts, [999.0, 851.0, 672.0, 439.0, 177.0, 44.0, 7.0, 0.0]);
         let (ts, sig) = timesteps_for(
@@ -677,12 +750,25 @@ mod tests {
             6,
         );
         assert_eq!(ts, [999.0, 937.0, 856.0, 749.0, 599.0, 374.0]);
-        assert!(close(&sig[..3], &[0.9996664524078369, 0.9371482133865356, 0.8567752838134766], 1e-7));
-        let (ts, sig) =
-            timesteps_for(json!({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}), 6);
+        assert!(close(
+            &sig[..3],
+            &[0.9996664524078369, 0.9371482133865356, 0.8567752838134766],
+            1e-7
+        ));
+        let (ts, sig) = timesteps_for(
+            json!({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}),
+            6,
+        );
         assert_eq!(ts, [995.0, 829.0, 663.0, 498.0, 332.0, 166.0]);
-        assert!(close(&sig[..2], &[160.41366577148438, 3.6857516765594482], 1e-7));
-        let (ts, _) = timesteps_for(sd(json!({"timestep_spacing": "leading", "steps_offset": 1})), 5);
+        assert!(close(
+            &sig[..2],
+            &[160.41366577148438, 3.6857516765594482],
+            1e-7
+        ));
+        let (ts, _) = timesteps_for(
+            sd(json!({"timestep_spacing": "leading", "steps_offset": 1})),
+            5,
+        );
         assert_eq!(ts, [831.0, 665.0, 499.0, 333.0, 167.0]);
         // numpy's arange gives 62 trailing timesteps for 61 steps, the last one −1.
         let (ts, sig) = timesteps_for(json!({"timestep_spacing": "trailing"}), 61);
@@ -701,9 +787,16 @@ mod tests {
 
     #[test]
     fn sde_third_order_with_zero_noise_matches_diffusers() {
-        let mut s = sched(sd(json!({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}))).unwrap();
+        let mut s = sched(sd(
+            json!({"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+        ))
+        .unwrap();
         let got = toy_run(&mut s, 6, &[1.0, -0.5, 0.25]);
-        let want = [0.05675796791911125, -0.6745842099189758, -0.30891329050064087];
+        let want = [
+            0.05675796791911125,
+            -0.6745842099189758,
+            -0.30891329050064087,
+        ];
         assert!(close(&got, &want, 2e-5), "{got:?}");
     }
 
@@ -715,14 +808,23 @@ mod tests {
         let z = HostTensor::new(vec![2, 2], vec![0.5, -0.5, 1.0, 0.0]).unwrap();
         let ts = [s.timesteps[2], s.timesteps[5]];
         let got = s.add_noise(&x0, &z, &ts).unwrap();
-        let want = [0.6834731101989746, -0.10489317774772644, 2.427706480026245, 2.1026933193206787];
+        let want = [
+            0.6834731101989746,
+            -0.10489317774772644,
+            2.427706480026245,
+            2.1026933193206787,
+        ];
         assert!(close(got.data(), &want, 1e-6), "{got:?}");
     }
 
     #[test]
     fn learned_variance_channels_are_dropped() {
         let run = |variance: bool| {
-            let cfg = if variance { json!({"variance_type": "learned_range"}) } else { json!({}) };
+            let cfg = if variance {
+                json!({"variance_type": "learned_range"})
+            } else {
+                json!({})
+            };
             let mut s = sched(cfg).unwrap();
             Scheduler::<HostTensor>::set_timesteps(&mut s, 5).unwrap();
             let mut x = HostTensor::new(vec![1, 2, 2], vec![0.3, -1.2, 0.8, 0.1]).unwrap();
@@ -751,8 +853,11 @@ mod tests {
         // −∞ is written as null and read back.
         let s = Sched::new();
         let json = Scheduler::<HostTensor>::config_json(&s);
-        assert!(json["lambda_min_clipped"].is_null());
-        assert_eq!(sched(json).unwrap().config.lambda_min_clipped, f64::NEG_INFINITY);
+        assert_eq!(json["lambda_min_clipped"], "-Infinity");
+        assert_eq!(
+            sched(json).unwrap().config.lambda_min_clipped,
+            f64::NEG_INFINITY
+        );
         // A DEIS / UniPC config swaps in as diffusers' constructor maps it.
         let s = sched(json!({"algorithm_type": "deis", "solver_type": "logrho"})).unwrap();
         assert_eq!(s.config.algorithm_type, AlgorithmType::DpmSolverPlusPlus);
@@ -763,8 +868,11 @@ mod tests {
         // diffusers' canonical swap: a DDPM config (fixed variance) into DPM-Solver++.
         let ddpm = json!({"_class_name": "DDPMScheduler", "variance_type": "fixed_small",
                           "clip_sample": true, "beta_schedule": "squaredcos_cap_v2"});
-        let s = crate::registry::from_class_name::<HostTensor>("DPMSolverMultistepScheduler", Some(&ddpm))
-            .unwrap();
+        let s = crate::registry::from_class_name::<HostTensor>(
+            "DPMSolverMultistepScheduler",
+            Some(&ddpm),
+        )
+        .unwrap();
         assert_eq!(s.class_name(), "DPMSolverMultistepScheduler");
         assert_eq!(s.config_json()["variance_type"], json!("fixed_small"));
     }
@@ -780,7 +888,10 @@ mod tests {
     fn solver_order_outside_1_to_3_is_an_error() {
         for order in [0, 4] {
             let e = sched(json!({ "solver_order": order })).err().unwrap();
-            assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"), "{e}");
+            assert!(
+                matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"),
+                "{e}"
+            );
         }
         let e = sched(json!({"algorithm_type": "sde-dpmsolver", "solver_order": 3, "final_sigmas_type": "sigma_min"}))
             .err()
@@ -790,11 +901,18 @@ mod tests {
 
     #[test]
     fn unknown_algorithm_type_lists_valid_values() {
-        let e = sched(json!({"algorithm_type": "dpm-solver-4"})).err().unwrap();
+        let e = sched(json!({"algorithm_type": "dpm-solver-4"}))
+            .err()
+            .unwrap();
         let msg = e.to_string();
         assert!(matches!(e, Error::Parse { .. }), "{msg}");
         assert!(msg.contains("unknown variant `dpm-solver-4`"), "{msg}");
-        for valid in ["dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"] {
+        for valid in [
+            "dpmsolver",
+            "dpmsolver++",
+            "sde-dpmsolver",
+            "sde-dpmsolver++",
+        ] {
             assert!(msg.contains(&format!("`{valid}`")), "{msg}");
         }
     }
@@ -803,10 +921,14 @@ mod tests {
     fn invalid_combinations_are_config_errors() {
         let e = sched(json!({"algorithm_type": "dpmsolver"})).err().unwrap();
         assert!(e.to_string().contains("final_sigmas_type"), "{e}");
-        let e = sched(json!({"use_karras_sigmas": true, "use_beta_sigmas": true})).err().unwrap();
+        let e = sched(json!({"use_karras_sigmas": true, "use_beta_sigmas": true}))
+            .err()
+            .unwrap();
         assert!(matches!(e, Error::InvalidConfig { .. }), "{e}");
-        let e = sched(json!({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min",
-                             "prediction_type": "flow_prediction"}))
+        let e = sched(
+            json!({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min",
+                             "prediction_type": "flow_prediction"}),
+        )
         .err()
         .unwrap();
         assert!(e.to_string().contains("flow_prediction"), "{e}");
@@ -819,7 +941,9 @@ mod tests {
         let mut s = Sched::new();
         Scheduler::<HostTensor>::set_timesteps(&mut s, 5).unwrap();
         let t = s.timesteps[0];
-        let e = s.step(&x(&[f64::NAN, 0.0]), t, &x(&[0.0, 0.0]), None).unwrap_err();
+        let e = s
+            .step(&x(&[f64::NAN, 0.0]), t, &x(&[0.0, 0.0]), None)
+            .unwrap_err();
         assert!(matches!(e, Error::NonFinite { .. }), "{e}");
         // The failed step left no trace.
         assert_eq!(s.step_index, None);
@@ -839,10 +963,16 @@ mod tests {
         Scheduler::<HostTensor>::set_timesteps(&mut s, 5).unwrap();
         let t = s.timesteps[0];
         let e = s.step(&x(&[0.1]), t, &x(&[1.0]), None).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"),
+            "{e}"
+        );
         assert_eq!(s.step_index, None);
         let wrong = HostTensor::new(vec![1, 2], vec![0.0, 0.0]).unwrap();
-        assert!(matches!(s.step(&x(&[0.1]), t, &x(&[1.0]), Some(&wrong)), Err(Error::Shape { .. })));
+        assert!(matches!(
+            s.step(&x(&[0.1]), t, &x(&[1.0]), Some(&wrong)),
+            Err(Error::Shape { .. })
+        ));
         assert!(s.step(&x(&[0.1]), t, &x(&[1.0]), Some(&x(&[0.3]))).is_ok());
     }
 
@@ -852,15 +982,33 @@ mod tests {
         let bad = |s: &mut Sched, r: TimestepRequest| {
             Scheduler::<HostTensor>::set_timesteps_with(s, &r).unwrap_err()
         };
-        assert!(matches!(bad(&mut s, TimestepRequest::timesteps(vec![500.0, 600.0])), Error::InvalidArgument { .. }));
-        assert!(matches!(bad(&mut s, TimestepRequest::timesteps(vec![1000.0, 10.0])), Error::InvalidArgument { .. }));
-        assert!(matches!(bad(&mut s, TimestepRequest::sigmas(vec![1.0, 0.0])), Error::InvalidArgument { .. }));
-        assert!(matches!(bad(&mut s, TimestepRequest::steps(5).with_mu(0.5)), Error::InvalidArgument { .. }));
+        assert!(matches!(
+            bad(&mut s, TimestepRequest::timesteps(vec![500.0, 600.0])),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            bad(&mut s, TimestepRequest::timesteps(vec![1000.0, 10.0])),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            bad(&mut s, TimestepRequest::sigmas(vec![1.0, 0.0])),
+            Error::InvalidArgument { .. }
+        ));
+        assert!(matches!(
+            bad(&mut s, TimestepRequest::steps(5).with_mu(0.5)),
+            Error::InvalidArgument { .. }
+        ));
         let mut k = sched(json!({"use_karras_sigmas": true})).unwrap();
-        assert!(matches!(bad(&mut k, TimestepRequest::timesteps(vec![900.0, 10.0])), Error::InvalidArgument { .. }));
+        assert!(matches!(
+            bad(&mut k, TimestepRequest::timesteps(vec![900.0, 10.0])),
+            Error::InvalidArgument { .. }
+        ));
         // Custom timesteps are truncated to integers and interpolate the training σs.
-        Scheduler::<HostTensor>::set_timesteps_with(&mut s, &TimestepRequest::timesteps(vec![999.7, 500.0, 10.0]))
-            .unwrap();
+        Scheduler::<HostTensor>::set_timesteps_with(
+            &mut s,
+            &TimestepRequest::timesteps(vec![999.7, 500.0, 10.0]),
+        )
+        .unwrap();
         assert_eq!(s.timesteps, [999.0, 500.0, 10.0]);
         assert_eq!(s.sigmas[0], s.train.sigmas[999]);
     }
@@ -873,15 +1021,24 @@ mod tests {
         for t in s.timesteps().to_vec() {
             xs = s.step(&x(&[0.0]), t, &xs, None).unwrap().prev_sample;
         }
-        assert!(matches!(s.step(&x(&[0.0]), 0.0, &xs, None), Err(Error::State(_))));
+        assert!(matches!(
+            s.step(&x(&[0.0]), 0.0, &xs, None),
+            Err(Error::State(_))
+        ));
     }
 
     #[test]
     fn dynamic_shift_sets_flow_shift() {
-        let mut s = sched(json!({"use_flow_sigmas": true, "use_dynamic_shifting": true,
-                                 "prediction_type": "flow_prediction"}))
+        let mut s = sched(
+            json!({"use_flow_sigmas": true, "use_dynamic_shifting": true,
+                                 "prediction_type": "flow_prediction"}),
+        )
         .unwrap();
-        Scheduler::<HostTensor>::set_timesteps_with(&mut s, &TimestepRequest::steps(5).with_mu(0.7)).unwrap();
+        Scheduler::<HostTensor>::set_timesteps_with(
+            &mut s,
+            &TimestepRequest::steps(5).with_mu(0.7),
+        )
+        .unwrap();
         assert!((s.config.flow_shift - 0.7f64.exp()).abs() < 1e-15);
         // diffusers 0.42.1: [999, 889, 750, 572, 334].
         assert_eq!(s.timesteps, [999.0, 889.0, 750.0, 572.0, 334.0]);

@@ -35,7 +35,9 @@ use crate::dpm_solver::{
 };
 use crate::flow_sigmas::TimeShiftType;
 use crate::schedule::{linspace_f64, BetaSchedule, TrainSchedule};
-use crate::sigma_schedule::{check_beta_schedule, check_custom_timesteps, SigmaSpacing, TrainSigmas};
+use crate::sigma_schedule::{
+    check_beta_schedule, check_custom_timesteps, SigmaSpacing, TrainSigmas,
+};
 use crate::vp_solver::{alpha_sigma, multistep_index_for_timestep, FinalSigmasType};
 use ember_core::scheduler::{check_finite, check_same_shape};
 use ember_core::{Error, Prediction, Result, SampleTensor, Scheduler, StepOutput, TimestepRequest};
@@ -116,7 +118,7 @@ pub struct DpmSolverSinglestepConfig {
     /// The σ the last step ends at.
     pub final_sigmas_type: FinalSigmasType,
     /// Timesteps whose λ is below this are not used (`-inf`: all are; written as `null`).
-    #[serde(deserialize_with = "neg_inf_on_null::deserialize")]
+    #[serde(with = "neg_inf_on_null")]
     pub lambda_min_clipped: f64,
     /// `learned`/`learned_range` for models that also output their variance (its channels
     /// are dropped); DDPM's fixed kinds are accepted and ignored.
@@ -174,7 +176,11 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
         check_beta_schedule(
             self.beta_schedule,
             self.trained_betas.as_deref(),
-            &[BetaSchedule::Linear, BetaSchedule::ScaledLinear, BetaSchedule::SquaredcosCapV2],
+            &[
+                BetaSchedule::Linear,
+                BetaSchedule::ScaledLinear,
+                BetaSchedule::SquaredcosCapV2,
+            ],
             Self::CLASS_NAME,
         )?;
         check_solver_order(self.solver_order)?;
@@ -183,7 +189,11 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
             self.use_exponential_sigmas,
             self.use_beta_sigmas,
         )?;
-        check_thresholding(self.thresholding, self.dynamic_thresholding_ratio, self.sample_max_value)?;
+        check_thresholding(
+            self.thresholding,
+            self.dynamic_thresholding_ratio,
+            self.sample_max_value,
+        )?;
         let alg = AlgorithmType::from(self.algorithm_type);
         if !alg.predicts_data() && self.final_sigmas_type == FinalSigmasType::Zero {
             return Err(Error::config(
@@ -215,9 +225,15 @@ impl SchedulerConfig for DpmSolverSinglestepConfig {
 /// Without `lower_order_final` the steps form whole blocks `[1, …, k]`; with it, the
 /// schedule ends in shorter blocks so every block is complete. A zero final σ makes the
 /// last step first order.
-pub fn order_list(steps: usize, order: usize, lower_order_final: bool, final_zero: bool) -> Vec<usize> {
+pub fn order_list(
+    steps: usize,
+    order: usize,
+    lower_order_final: bool,
+    final_zero: bool,
+) -> Vec<usize> {
     let block: Vec<usize> = (1..=order).collect();
-    let repeat = |k: usize| -> Vec<usize> { block.iter().copied().cycle().take(k * order).collect() };
+    let repeat =
+        |k: usize| -> Vec<usize> { block.iter().copied().cycle().take(k * order).collect() };
     let mut orders = if lower_order_final {
         match order {
             3 => match steps % 3 {
@@ -373,15 +389,37 @@ impl<S: SampleTensor> DpmSolverSinglestepScheduler<S> {
                 let ts: Vec<f64> = custom.iter().map(|t| t.trunc()).collect();
                 check_custom_timesteps(&ts, c.num_train_timesteps)?;
                 let n = ts.len();
-                Ok(vp_inference_schedule(&self.train, layout, n, ts, true, c.final_sigmas_type))
+                Ok(vp_inference_schedule(
+                    &self.train,
+                    layout,
+                    n,
+                    ts,
+                    true,
+                    c.final_sigmas_type,
+                ))
             }
             (Some(n), None) => {
                 if n == 0 {
                     return Err(Error::argument("num_inference_steps", "must be at least 1"));
                 }
+                if n > c.num_train_timesteps {
+                    // More steps than training timesteps repeat timesteps (zero-length solver
+                    // steps, or all-zero `leading` timesteps); diffusers runs on, Ember refuses.
+                    return Err(Error::argument(
+                        "num_inference_steps",
+                        format!(
+                            "{n} exceeds num_train_timesteps = {}",
+                            c.num_train_timesteps
+                        ),
+                    ));
+                }
                 // clipped_idx = searchsorted(flip(λ), lambda_min_clipped), float32 compare.
                 let clip = f64::from(c.lambda_min_clipped as f32);
-                let clipped = self.train_lambdas.iter().filter(|&&l| f64::from(l) < clip).count();
+                let clipped = self
+                    .train_lambdas
+                    .iter()
+                    .filter(|&&l| f64::from(l) < clip)
+                    .count();
                 if clipped >= c.num_train_timesteps {
                     return Err(Error::config(
                         "lambda_min_clipped",
@@ -397,7 +435,14 @@ impl<S: SampleTensor> DpmSolverSinglestepScheduler<S> {
                 ts.reverse();
                 ts.truncate(n);
                 // The singlestep scheduler rounds Karras inversions on every schedule.
-                Ok(vp_inference_schedule(&self.train, layout, n, ts, true, c.final_sigmas_type))
+                Ok(vp_inference_schedule(
+                    &self.train,
+                    layout,
+                    n,
+                    ts,
+                    true,
+                    c.final_sigmas_type,
+                ))
             }
         }
     }
@@ -441,7 +486,10 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
     fn set_timesteps_with(&mut self, request: &TimestepRequest) -> Result<()> {
         if let Some(mu) = request.mu {
             if !self.config.use_dynamic_shifting {
-                return Err(Error::argument("mu", "needs use_dynamic_shifting = true in the config"));
+                return Err(Error::argument(
+                    "mu",
+                    "needs use_dynamic_shifting = true in the config",
+                ));
             }
             if self.config.time_shift_type != TimeShiftType::Exponential {
                 return Err(Error::argument(
@@ -510,7 +558,9 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
     ) -> Result<StepOutput<S>> {
         let class = DpmSolverSinglestepConfig::CLASS_NAME;
         if self.num_inference_steps.is_none() {
-            return Err(Error::State(format!("{class}: call set_timesteps before step")));
+            return Err(Error::State(format!(
+                "{class}: call set_timesteps before step"
+            )));
         }
         check_finite("model_output", model_output)?;
         let model_output = match self.config.variance_type {
@@ -553,7 +603,9 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
         // Nodes [t = index + 1, index, index − 1, index − 2] as far as the order needs.
         let node_at = |k: usize| -> Result<Node> {
             let i = (index + 1).checked_sub(k).ok_or_else(|| {
-                Error::State(format!("{class}: schedule point {k} back from step {index}"))
+                Error::State(format!(
+                    "{class}: schedule point {k} back from step {index}"
+                ))
             })?;
             Ok(self.node(self.schedule_sigma(i)?))
         };
@@ -584,7 +636,10 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
             self.block_start = Some(start);
         }
         self.step_index = Some(index + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: Some(pred_original) })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: Some(pred_original),
+        })
     }
 
     fn add_noise(&self, original: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
@@ -613,10 +668,15 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
                 (Some(_), Some(step)) => vec![step; timesteps.len()],
                 (Some(begin), None) => vec![begin; timesteps.len()],
             };
-            indices.iter().map(|&i| self.schedule_sigma(i)).collect::<Result<_>>()?
+            indices
+                .iter()
+                .map(|&i| self.schedule_sigma(i))
+                .collect::<Result<_>>()?
         };
-        let pairs: Vec<(f64, f64)> =
-            sigmas.iter().map(|&s| alpha_sigma(s, self.config.use_flow_sigmas)).collect();
+        let pairs: Vec<(f64, f64)> = sigmas
+            .iter()
+            .map(|&s| alpha_sigma(s, self.config.use_flow_sigmas))
+            .collect();
         vp_add_noise(original, noise, &pairs)
     }
     fn step_index(&self) -> Option<usize> {
@@ -654,28 +714,45 @@ mod tests {
             Scheduler::<HostTensor>::set_timesteps(&mut s, n).unwrap();
             (s.orders.clone(), s.config.lower_order_final)
         };
-        assert_eq!(orders(json!({"solver_order": 3}), 8), (vec![1, 2, 3, 1, 2, 3, 1, 1], true));
         assert_eq!(
-            orders(json!({"solver_order": 3, "final_sigmas_type": "sigma_min"}), 9),
+            orders(json!({"solver_order": 3}), 8),
+            (vec![1, 2, 3, 1, 2, 3, 1, 1], true)
+        );
+        assert_eq!(
+            orders(
+                json!({"solver_order": 3, "final_sigmas_type": "sigma_min"}),
+                9
+            ),
             (vec![1, 2, 3, 1, 2, 3, 1, 2, 3], false)
         );
         assert_eq!(
-            orders(json!({"solver_order": 2, "final_sigmas_type": "sigma_min"}), 8),
+            orders(
+                json!({"solver_order": 2, "final_sigmas_type": "sigma_min"}),
+                8
+            ),
             (vec![1, 2, 1, 2, 1, 2, 1, 2], false)
         );
-        assert_eq!(orders(json!({"lower_order_final": true}), 8), (vec![1, 2, 1, 2, 1, 2, 1, 1], true));
+        assert_eq!(
+            orders(json!({"lower_order_final": true}), 8),
+            (vec![1, 2, 1, 2, 1, 2, 1, 1], true)
+        );
         // Uneven step counts switch lower_order_final on for good, as diffusers does.
         let mut s = sched(json!({"final_sigmas_type": "sigma_min"})).unwrap();
         Scheduler::<HostTensor>::set_timesteps(&mut s, 7).unwrap();
         assert_eq!(s.orders, [1, 2, 1, 2, 1, 2, 1]);
-        assert_eq!(Scheduler::<HostTensor>::config_json(&s)["lower_order_final"], json!(true));
+        assert_eq!(
+            Scheduler::<HostTensor>::config_json(&s)["lower_order_final"],
+            json!(true)
+        );
         assert_eq!(order_list(3, 3, true, false), [1, 2, 1]);
         assert_eq!(order_list(1, 3, true, true), [1]);
     }
 
     #[test]
     fn clipped_timesteps_match_diffusers() {
-        let mut s = sched(json!({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1})).unwrap();
+        let mut s =
+            sched(json!({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}))
+                .unwrap();
         Scheduler::<HostTensor>::set_timesteps(&mut s, 6).unwrap();
         assert_eq!(s.timesteps, [995.0, 829.0, 663.0, 498.0, 332.0, 166.0]);
         assert!((s.sigmas[0] - 160.41366577148438).abs() < 1e-4);
@@ -700,7 +777,9 @@ mod tests {
 
     #[test]
     fn sde_dpmsolver_is_not_offered() {
-        let e = sched(json!({"algorithm_type": "sde-dpmsolver"})).err().unwrap();
+        let e = sched(json!({"algorithm_type": "sde-dpmsolver"}))
+            .err()
+            .unwrap();
         let msg = e.to_string();
         assert!(msg.contains("unknown variant `sde-dpmsolver`"), "{msg}");
         assert!(msg.contains("`sde-dpmsolver++`"), "{msg}");
@@ -709,21 +788,39 @@ mod tests {
     #[test]
     fn error_cases() {
         let e = sched(json!({"solver_order": 4})).err().unwrap();
-        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"),
+            "{e}"
+        );
         let mut s = Sched::new();
-        assert!(matches!(s.step(&x(&[0.0]), 999.0, &x(&[0.0]), None), Err(Error::State(_))));
-        assert!(matches!(Scheduler::<HostTensor>::set_timesteps(&mut s, 0), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.step(&x(&[0.0]), 999.0, &x(&[0.0]), None),
+            Err(Error::State(_))
+        ));
+        assert!(matches!(
+            Scheduler::<HostTensor>::set_timesteps(&mut s, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
         Scheduler::<HostTensor>::set_timesteps(&mut s, 4).unwrap();
         let t = s.timesteps[0];
-        assert!(matches!(s.step(&x(&[f64::INFINITY]), t, &x(&[0.0]), None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&x(&[f64::INFINITY]), t, &x(&[0.0]), None),
+            Err(Error::NonFinite { .. })
+        ));
         let mut sde = sched(json!({"algorithm_type": "sde-dpmsolver++"})).unwrap();
         Scheduler::<HostTensor>::set_timesteps(&mut sde, 4).unwrap();
         let t = sde.timesteps[0];
         let e = sde.step(&x(&[0.1]), t, &x(&[1.0]), None).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"),
+            "{e}"
+        );
         let mut k = sched(json!({"use_exponential_sigmas": true})).unwrap();
         let r = TimestepRequest::timesteps(vec![900.0, 100.0]);
-        assert!(matches!(Scheduler::<HostTensor>::set_timesteps_with(&mut k, &r), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            Scheduler::<HostTensor>::set_timesteps_with(&mut k, &r),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]

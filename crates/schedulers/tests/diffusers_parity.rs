@@ -729,3 +729,28 @@ fn diffusers_parity() {
         );
     }
 }
+
+/// A `scheduler_config.json` exactly as diffusers 0.42.1 saves DPMSolverMultistepScheduler
+/// (Python's json writes `-Infinity`) loads, and Ember writes the same token back.
+#[test]
+fn diffusers_saved_config_with_infinity_round_trips() {
+    let dir = std::env::temp_dir().join(format!("ember-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("scheduler_config.json");
+    std::fs::write(
+        &path,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "_diffusers_version": "0.42.1",
+            "algorithm_type": "dpmsolver++", "lambda_min_clipped": -Infinity,
+            "solver_order": 2, "some_future_key": [1, 2]}"#,
+    )
+    .unwrap();
+    let s = ember_schedulers::load_config_file::<ember_core::HostTensor>(&path).unwrap();
+    assert_eq!(s.config_json()["lambda_min_clipped"], "-Infinity");
+    ember_schedulers::save_config_file(s.as_ref(), &path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"lambda_min_clipped\": -Infinity"), "{text}");
+    assert!(text.contains("some_future_key"), "unknown keys survive a save: {text}");
+    let again = ember_schedulers::load_config_file::<ember_core::HostTensor>(&path).unwrap();
+    assert_eq!(again.config_json(), s.config_json());
+    std::fs::remove_dir_all(&dir).ok();
+}
