@@ -850,7 +850,7 @@ mod tests {
         let json = Scheduler::<HostTensor>::config_json(&s);
         let back = sched(json.clone()).unwrap();
         assert_eq!(Scheduler::<HostTensor>::config_json(&back), json);
-        // −∞ is written as null and read back.
+        // −∞ is written as diffusers writes it (`-Infinity`) and read back.
         let s = Sched::new();
         let json = Scheduler::<HostTensor>::config_json(&s);
         assert_eq!(json["lambda_min_clipped"], "-Infinity");
