@@ -20,6 +20,9 @@
 //! # Deliberate differences from diffusers
 //! - `add_noise` before `set_timesteps` uses σ_t of each training timestep (see
 //!   [`VpTrainTable::initial_schedule`]).
+//! - A first `step` at the schedule's first timestep starts at index 0 even when Karras
+//!   rounding repeats that timestep (see [`crate::vp_solver::first_step_index`]); diffusers
+//!   starts at 1 there and fails on the last step.
 
 use ember_core::scheduler::{check_finite, check_same_shape};
 use ember_core::{Error, Prediction, Result, SampleTensor, Scheduler, StepOutput, TimestepRequest};
@@ -32,7 +35,7 @@ use crate::schedule::{linspace_f64, BetaSchedule};
 use crate::sigmas::{beta_sigmas, exponential_sigmas, interp, karras_sigmas, KARRAS_RHO};
 use crate::vp_solver::{
     alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps, dynamic_threshold, lambda, log_sigmas_f32,
-    multistep_index_for_timestep, noise_levels, sigma_to_t_np, spaced_timesteps, to_f32, TimestepSpacing,
+    first_step_index, noise_levels, sigma_to_t_np, spaced_timesteps, to_f32, TimestepSpacing,
     VpTrainTable,
 };
 
@@ -446,7 +449,7 @@ impl<S: SampleTensor> Scheduler<S> for DEISMultistepScheduler<S> {
         };
         let i = match (self.step_index, self.begin_index) {
             (Some(i), _) | (None, Some(i)) => i,
-            (None, None) => multistep_index_for_timestep(&self.timesteps, timestep),
+            (None, None) => first_step_index(&self.timesteps, timestep),
         };
         if i >= n {
             return Err(Error::State(format!("DEISMultistepScheduler: step index {i} is past the last of {n} steps")));

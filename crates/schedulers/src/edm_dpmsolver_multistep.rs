@@ -27,8 +27,8 @@ use crate::dpm_solver::{
     step_noise, AlgorithmType, Node, OutputHistory, SolverType, Thresholding,
 };
 use crate::edm_euler::{
-    check_edm_config, edm_add_noise, edm_c_noise, edm_exponential_sigmas, EdmPreconditioning,
-    EdmSigmaSchedule,
+    check_edm_config, check_step_count, edm_add_noise, edm_c_noise, edm_exponential_sigmas,
+    EdmPreconditioning, EdmSigmaSchedule,
 };
 use crate::schedule::linspace_f32;
 use crate::sigma_schedule::f32r;
@@ -137,7 +137,10 @@ impl SchedulerConfig for EdmDpmSolverMultistepConfig {
         if self.num_train_timesteps == 0 {
             return Err(Error::config("num_train_timesteps", "must be at least 1"));
         }
-        if !matches!(self.prediction_type, Prediction::Epsilon | Prediction::VPrediction) {
+        if !matches!(
+            self.prediction_type,
+            Prediction::Epsilon | Prediction::VPrediction
+        ) {
             return Err(Error::config(
                 "prediction_type",
                 format!(
@@ -147,7 +150,11 @@ impl SchedulerConfig for EdmDpmSolverMultistepConfig {
             ));
         }
         check_solver_order(self.solver_order)?;
-        check_thresholding(self.thresholding, self.dynamic_thresholding_ratio, self.sample_max_value)
+        check_thresholding(
+            self.thresholding,
+            self.dynamic_thresholding_ratio,
+            self.sample_max_value,
+        )
     }
 }
 
@@ -225,7 +232,10 @@ impl<S: SampleTensor> EdmDpmSolverMultistepScheduler<S> {
     }
 
     fn precond(&self) -> EdmPreconditioning {
-        EdmPreconditioning { sigma_data: self.config.sigma_data, prediction: self.config.prediction_type }
+        EdmPreconditioning {
+            sigma_data: self.config.sigma_data,
+            prediction: self.config.prediction_type,
+        }
     }
 
     /// The EDM node of σ: α = 1, σ_t = σ, λ = −ln σ.
@@ -290,12 +300,8 @@ impl<S: SampleTensor> Scheduler<S> for EdmDpmSolverMultistepScheduler<S> {
                 format!("{class} takes only a step count (no timesteps, sigmas or mu)"),
             ));
         }
-        let n = match request.num_inference_steps {
-            None | Some(0) => {
-                return Err(Error::argument("num_inference_steps", "must be at least 1"))
-            }
-            Some(n) => n,
-        };
+        let n = request.num_inference_steps.unwrap_or(0);
+        check_step_count(n)?;
         let mut sigmas = self.step_sigmas(n);
         self.timesteps = sigmas.iter().map(|&x| edm_c_noise(x)).collect();
         sigmas.push(match self.config.final_sigmas_type {
@@ -333,7 +339,9 @@ impl<S: SampleTensor> Scheduler<S> for EdmDpmSolverMultistepScheduler<S> {
     ) -> Result<StepOutput<S>> {
         let class = EdmDpmSolverMultistepConfig::CLASS_NAME;
         if !self.ready {
-            return Err(Error::State(format!("{class}: call set_timesteps before step")));
+            return Err(Error::State(format!(
+                "{class}: call set_timesteps before step"
+            )));
         }
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
@@ -357,13 +365,20 @@ impl<S: SampleTensor> Scheduler<S> for EdmDpmSolverMultistepScheduler<S> {
                     .checked_sub(k)
                     .and_then(|i| self.sigmas.get(i))
                     .map(|&s| Self::node(s))
-                    .ok_or_else(|| Error::State(format!("{class}: order {order} step at index {index}")))
+                    .ok_or_else(|| {
+                        Error::State(format!("{class}: order {order} step at index {index}"))
+                    })
             })
             .collect::<Result<_>>()?;
-        let mut x0 = self.precond().denoise(sample, model_output, self.sigmas[index])?;
+        let mut x0 = self
+            .precond()
+            .denoise(sample, model_output, self.sigmas[index])?;
         if c.thresholding {
-            x0 = Thresholding { ratio: c.dynamic_thresholding_ratio, max_value: c.sample_max_value }
-                .apply(&x0);
+            x0 = Thresholding {
+                ratio: c.dynamic_thresholding_ratio,
+                max_value: c.sample_max_value,
+            }
+            .apply(&x0);
         }
         let (solver_type, solver_order) = (c.solver_type, c.solver_order);
         self.history.push(x0.clone());
@@ -377,7 +392,10 @@ impl<S: SampleTensor> Scheduler<S> for EdmDpmSolverMultistepScheduler<S> {
             self.lower_order_nums += 1;
         }
         self.step_index = Some(index + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: Some(x0) })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: Some(x0),
+        })
     }
 
     fn add_noise(&self, original: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
@@ -385,7 +403,8 @@ impl<S: SampleTensor> Scheduler<S> for EdmDpmSolverMultistepScheduler<S> {
             original,
             noise,
             timesteps,
-            self.ready.then_some((&self.timesteps[..], &self.sigmas[..])),
+            self.ready
+                .then_some((&self.timesteps[..], &self.sigmas[..])),
             self.begin_index,
             self.step_index,
             |schedule, t| Ok(multistep_index_for_timestep(schedule, f32r(t))),
@@ -451,7 +470,10 @@ mod tests {
         let z = x(&[0.3]);
         for t in s.timesteps().to_vec() {
             let input = s.scale_model_input(&xs, t).unwrap();
-            xs = s.step(&input.scale(0.2), t, &xs, Some(&z)).unwrap().prev_sample;
+            xs = s
+                .step(&input.scale(0.2), t, &xs, Some(&z))
+                .unwrap()
+                .prev_sample;
         }
         assert!(xs.all_finite());
     }
@@ -459,22 +481,40 @@ mod tests {
     #[test]
     fn error_cases() {
         let e = sched(json!({"solver_order": 0})).err().unwrap();
-        assert!(matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidConfig { field, .. } if field == "solver_order"),
+            "{e}"
+        );
         let e = sched(json!({"algorithm_type": "dpmsolver"})).err().unwrap();
         let msg = e.to_string();
-        assert!(msg.contains("unknown variant `dpmsolver`") && msg.contains("`sde-dpmsolver++`"), "{msg}");
+        assert!(
+            msg.contains("unknown variant `dpmsolver`") && msg.contains("`sde-dpmsolver++`"),
+            "{msg}"
+        );
         let e = sched(json!({"prediction_type": "sample"})).err().unwrap();
         assert!(e.to_string().contains("prediction_type"), "{e}");
         let mut s = Sched::new();
-        assert!(matches!(s.step(&x(&[0.0]), 1.0, &x(&[0.0]), None), Err(Error::State(_))));
-        assert!(matches!(Scheduler::<HostTensor>::set_timesteps(&mut s, 0), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.step(&x(&[0.0]), 1.0, &x(&[0.0]), None),
+            Err(Error::State(_))
+        ));
+        assert!(matches!(
+            Scheduler::<HostTensor>::set_timesteps(&mut s, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
         Scheduler::<HostTensor>::set_timesteps(&mut s, 3).unwrap();
         let t = s.timesteps[0];
-        assert!(matches!(s.step(&x(&[f64::NAN]), t, &x(&[0.0]), None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&x(&[f64::NAN]), t, &x(&[0.0]), None),
+            Err(Error::NonFinite { .. })
+        ));
         let mut sde = sched(json!({"algorithm_type": "sde-dpmsolver++"})).unwrap();
         Scheduler::<HostTensor>::set_timesteps(&mut sde, 3).unwrap();
         let t = sde.timesteps[0];
         let e = sde.step(&x(&[0.1]), t, &x(&[1.0]), None).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"),
+            "{e}"
+        );
     }
 }

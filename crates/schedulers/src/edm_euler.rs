@@ -22,17 +22,22 @@
 //! where, as in diffusers, `D` uses the model output computed at σ_i.
 //!
 //! # Notes on diffusers' behaviour kept here
-//! - Custom `sigmas` passed to `set_timesteps` are a *ramp* in [0, 1] fed to the σ formula
-//!   (for the exponential schedule only their count matters), not noise levels.
 //! - `init_noise_sigma` is `√(σ_max² + 1)`.
 //! - diffusers takes `s_churn`, `s_tmin`, `s_tmax`, `s_noise` as `step()` arguments; Ember
 //!   keeps them as config keys (written only when they differ from diffusers' defaults).
 //!
-//! `add_noise` before `set_timesteps` converts each timestep back to σ = e^{4t} (diffusers
-//! looks it up in its constructor schedule, which gives the same σ for its own timesteps).
+//! # Deliberate differences from diffusers
+//! - Custom `sigmas` are noise levels, as everywhere in Ember: the full decreasing list with
+//!   the final σ included (diffusers' `EulerDiscreteScheduler` convention). diffusers'
+//!   `EDMEulerScheduler` feeds them to its σ formula as a *ramp* in [0, 1] instead (for the
+//!   exponential schedule only their count matters), which contradicts its own docstring.
+//! - `add_noise` before `set_timesteps` converts each timestep back to σ = e^{4t} (diffusers
+//!   looks it up in its constructor schedule, which gives the same σ for its own timesteps).
+//! - `step` and `scale_model_input` need `set_timesteps` first (diffusers steps through its
+//!   constructor schedule of `num_train_timesteps + 1` σs).
 
 use crate::config::SchedulerConfig;
-use crate::sigma_schedule::{f32r, index_for_timestep};
+use crate::sigma_schedule::{check_custom_sigmas, f32r, index_for_timestep};
 use crate::vp_solver::FinalSigmasType;
 use ember_core::scheduler::{check_finite, check_same_shape};
 use ember_core::{Error, Prediction, Result, SampleTensor, Scheduler, StepOutput, TimestepRequest};
@@ -73,20 +78,26 @@ impl EdmPreconditioning {
     }
     /// c_out = ±σ σ_d/√(σ² + σ_d²) (negative for v-prediction).
     pub fn c_out(&self, sigma: f64) -> Result<f64> {
-        let mag = sigma * self.sigma_data
-            / (sigma * sigma + self.sigma_data * self.sigma_data).sqrt();
+        let mag =
+            sigma * self.sigma_data / (sigma * sigma + self.sigma_data * self.sigma_data).sqrt();
         match self.prediction {
             Prediction::Epsilon => Ok(mag),
             Prediction::VPrediction => Ok(-mag),
             p => Err(Error::config(
                 "prediction_type",
-                format!("EDM preconditioning supports epsilon and v_prediction, not `{}`", p.name()),
+                format!(
+                    "EDM preconditioning supports epsilon and v_prediction, not `{}`",
+                    p.name()
+                ),
             )),
         }
     }
     /// The denoiser D(x; σ) = c_skip x + c_out F (diffusers' `precondition_outputs`).
     pub fn denoise<S: SampleTensor>(&self, sample: &S, model_output: &S, sigma: f64) -> Result<S> {
-        Ok(S::lin_comb(&[(self.c_skip(sigma), sample), (self.c_out(sigma)?, model_output)]))
+        Ok(S::lin_comb(&[
+            (self.c_skip(sigma), sample),
+            (self.c_out(sigma)?, model_output),
+        ]))
     }
 }
 
@@ -106,7 +117,13 @@ pub fn torch_linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
             let step = (end - start) / (n as f64 - 1.0);
             let half = n / 2;
             (0..n)
-                .map(|i| if i < half { start + step * i as f64 } else { end - step * (n - 1 - i) as f64 })
+                .map(|i| {
+                    if i < half {
+                        start + step * i as f64
+                    } else {
+                        end - step * (n - 1 - i) as f64
+                    }
+                })
                 .collect()
         }
     }
@@ -123,11 +140,36 @@ pub fn edm_exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f
     v
 }
 
+/// The most inference steps the EDM schedulers lay out. EDM's σ grid is continuous, so
+/// diffusers accepts any count; this only keeps absurd requests from exhausting memory.
+pub const MAX_EDM_STEPS: usize = 1_000_000;
+
+/// Checks an EDM step count: at least 1, at most [`MAX_EDM_STEPS`].
+pub fn check_step_count(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::argument("num_inference_steps", "must be at least 1"));
+    }
+    if n > MAX_EDM_STEPS {
+        return Err(Error::argument(
+            "num_inference_steps",
+            format!("{n} exceeds the limit of {MAX_EDM_STEPS} steps"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the shared EDM config values.
 pub fn check_edm_config(sigma_min: f64, sigma_max: f64, sigma_data: f64, rho: f64) -> Result<()> {
-    for (name, v) in [("sigma_min", sigma_min), ("sigma_max", sigma_max), ("sigma_data", sigma_data)] {
+    for (name, v) in [
+        ("sigma_min", sigma_min),
+        ("sigma_max", sigma_max),
+        ("sigma_data", sigma_data),
+    ] {
         if !(v.is_finite() && v > 0.0) {
-            return Err(Error::config(name, format!("must be finite and positive, got {v}")));
+            return Err(Error::config(
+                name,
+                format!("must be finite and positive, got {v}"),
+            ));
         }
     }
     if sigma_min >= sigma_max {
@@ -137,7 +179,10 @@ pub fn check_edm_config(sigma_min: f64, sigma_max: f64, sigma_data: f64, rho: f6
         ));
     }
     if !(rho.is_finite() && rho > 0.0) {
-        return Err(Error::config("rho", format!("must be finite and positive, got {rho}")));
+        return Err(Error::config(
+            "rho",
+            format!("must be finite and positive, got {rho}"),
+        ));
     }
     Ok(())
 }
@@ -219,7 +264,10 @@ impl SchedulerConfig for EdmEulerConfig {
         if self.num_train_timesteps == 0 {
             return Err(Error::config("num_train_timesteps", "must be at least 1"));
         }
-        if !matches!(self.prediction_type, Prediction::Epsilon | Prediction::VPrediction) {
+        if !matches!(
+            self.prediction_type,
+            Prediction::Epsilon | Prediction::VPrediction
+        ) {
             return Err(Error::config(
                 "prediction_type",
                 format!(
@@ -278,7 +326,8 @@ impl EdmEulerScheduler {
     /// The scheduler with diffusers' default configuration.
     pub fn new() -> Self {
         // The default configuration is valid by construction.
-        Self::from_config(EdmEulerConfig::default()).expect("the default EDMEulerScheduler config is valid")
+        Self::from_config(EdmEulerConfig::default())
+            .expect("the default EDMEulerScheduler config is valid")
     }
 
     /// The configuration.
@@ -287,7 +336,10 @@ impl EdmEulerScheduler {
     }
 
     fn precond(&self) -> EdmPreconditioning {
-        EdmPreconditioning { sigma_data: self.config.sigma_data, prediction: self.config.prediction_type }
+        EdmPreconditioning {
+            sigma_data: self.config.sigma_data,
+            prediction: self.config.prediction_type,
+        }
     }
 
     /// σs for `ramp` (float32 values) with the final σ appended, and their c_noise
@@ -298,7 +350,9 @@ impl EdmEulerScheduler {
             EdmSigmaSchedule::Karras => {
                 // float64 maths (`sigmas_dtype`), then a float32 cast.
                 let (lo, hi) = (c.sigma_min.powf(1.0 / c.rho), c.sigma_max.powf(1.0 / c.rho));
-                ramp.iter().map(|&r| f32r((hi + r * (lo - hi)).powf(c.rho))).collect()
+                ramp.iter()
+                    .map(|&r| f32r((hi + r * (lo - hi)).powf(c.rho)))
+                    .collect()
             }
             EdmSigmaSchedule::Exponential => {
                 edm_exponential_sigmas(c.sigma_min, c.sigma_max, ramp.len())
@@ -380,15 +434,18 @@ impl<S: SampleTensor> Scheduler<S> for EdmEulerScheduler {
     fn set_timesteps_with(&mut self, request: &TimestepRequest) -> Result<()> {
         let class = EdmEulerConfig::CLASS_NAME;
         if request.mu.is_some() {
-            return Err(Error::argument("mu", format!("{class} has no dynamic shifting")));
+            return Err(Error::argument(
+                "mu",
+                format!("{class} has no dynamic shifting"),
+            ));
         }
         if request.timesteps.is_some() {
             return Err(Error::argument(
                 "timesteps",
-                format!("{class} takes a step count or a sigma ramp, not timesteps"),
+                format!("{class} takes a step count or sigmas, not timesteps"),
             ));
         }
-        let ramp: Vec<f64> = match (&request.sigmas, request.num_inference_steps) {
+        let (timesteps, sigmas) = match (&request.sigmas, request.num_inference_steps) {
             (Some(_), Some(_)) => {
                 return Err(Error::argument(
                     "sigmas",
@@ -396,40 +453,31 @@ impl<S: SampleTensor> Scheduler<S> for EdmEulerScheduler {
                 ))
             }
             (None, None) => {
-                return Err(Error::argument("num_inference_steps", "pass a step count or a sigma ramp"))
+                return Err(Error::argument(
+                    "num_inference_steps",
+                    "pass a step count or sigmas",
+                ))
             }
-            (Some(ramp), None) => {
-                if ramp.is_empty() {
-                    return Err(Error::argument("sigmas", "must not be empty"));
-                }
-                if let Some(r) = ramp.iter().find(|r| !r.is_finite()) {
-                    return Err(Error::argument("sigmas", format!("ramp value {r} is not finite")));
-                }
-                ramp.clone()
+            (Some(custom), None) => {
+                // Ember's convention for σ-space schedulers (diffusers' Euler): the full list,
+                // final σ included, strictly decreasing; float32 like diffusers' tensors.
+                check_custom_sigmas(custom)?;
+                let sigmas: Vec<f64> = custom.iter().map(|&s| f32r(s)).collect();
+                check_custom_sigmas(&sigmas)?;
+                let ts = sigmas[..sigmas.len() - 1]
+                    .iter()
+                    .map(|&s| edm_c_noise(s))
+                    .collect();
+                (ts, sigmas)
             }
             (None, Some(0)) => {
                 return Err(Error::argument("num_inference_steps", "must be at least 1"))
             }
-            (None, Some(n)) => torch_linspace_f64(0.0, 1.0, n),
+            (None, Some(n)) => {
+                check_step_count(n)?;
+                self.schedule(&torch_linspace_f64(0.0, 1.0, n))
+            }
         };
-        let (timesteps, sigmas) = self.schedule(&ramp);
-        let n = timesteps.len();
-        if let Some(i) = (0..n).find(|&i| !(sigmas[i].is_finite() && sigmas[i] > 0.0)) {
-            return Err(Error::argument(
-                "sigmas",
-                format!("the ramp gives σ[{i}] = {}, which is not a positive noise level", sigmas[i]),
-            ));
-        }
-        if let Some(i) = (1..n).find(|&i| sigmas[i] >= sigmas[i - 1]) {
-            return Err(Error::argument(
-                "sigmas",
-                format!(
-                    "the ramp must give strictly decreasing σs, but σ[{i}] = {} follows {}",
-                    sigmas[i],
-                    sigmas[i - 1]
-                ),
-            ));
-        }
         self.timesteps = timesteps;
         self.sigmas = sigmas;
         self.ready = true;
@@ -460,7 +508,9 @@ impl<S: SampleTensor> Scheduler<S> for EdmEulerScheduler {
     ) -> Result<StepOutput<S>> {
         let class = EdmEulerConfig::CLASS_NAME;
         if !self.ready {
-            return Err(Error::State(format!("{class}: call set_timesteps before step")));
+            return Err(Error::State(format!(
+                "{class}: call set_timesteps before step"
+            )));
         }
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
@@ -481,12 +531,17 @@ impl<S: SampleTensor> Scheduler<S> for EdmEulerScheduler {
         } else {
             sample.clone()
         };
-        let x0 = self.precond().denoise(&sample_hat, model_output, sigma_hat)?;
+        let x0 = self
+            .precond()
+            .denoise(&sample_hat, model_output, sigma_hat)?;
         // Euler: x + (σ_next − σ̂)·(x̂ − x̂₀)/σ̂.
         let ratio = (self.sigmas[index + 1] - sigma_hat) / sigma_hat;
         let prev_sample = S::lin_comb(&[(1.0 + ratio, &sample_hat), (-ratio, &x0)]);
         self.step_index = Some(index + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: Some(x0) })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: Some(x0),
+        })
     }
 
     fn add_noise(&self, original: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
@@ -494,7 +549,8 @@ impl<S: SampleTensor> Scheduler<S> for EdmEulerScheduler {
             original,
             noise,
             timesteps,
-            self.ready.then_some((&self.timesteps[..], &self.sigmas[..])),
+            self.ready
+                .then_some((&self.timesteps[..], &self.sigmas[..])),
             self.begin_index,
             self.step_index,
             index_for_timestep,
@@ -533,13 +589,19 @@ pub fn edm_add_noise<S: SampleTensor>(
                 if s.is_finite() {
                     Ok(s)
                 } else {
-                    Err(Error::argument("timesteps", format!("c_noise {t} gives σ = {s}")))
+                    Err(Error::argument(
+                        "timesteps",
+                        format!("c_noise {t} gives σ = {s}"),
+                    ))
                 }
             })
             .collect::<Result<_>>()?,
         Some((ts, sig)) => {
             let indices: Vec<usize> = match (begin_index, step_index) {
-                (None, _) => timesteps.iter().map(|&t| lookup(ts, t)).collect::<Result<_>>()?,
+                (None, _) => timesteps
+                    .iter()
+                    .map(|&t| lookup(ts, t))
+                    .collect::<Result<_>>()?,
                 (Some(_), Some(step)) => vec![step; timesteps.len()],
                 (Some(begin), None) => vec![begin; timesteps.len()],
             };
@@ -547,7 +609,10 @@ pub fn edm_add_noise<S: SampleTensor>(
                 .iter()
                 .map(|&i| {
                     sig.get(i).copied().ok_or_else(|| {
-                        Error::State(format!("sigma index {i} is out of range ({} values)", sig.len()))
+                        Error::State(format!(
+                            "sigma index {i} is out of range ({} values)",
+                            sig.len()
+                        ))
                     })
                 })
                 .collect::<Result<_>>()?
@@ -571,20 +636,37 @@ mod tests {
     }
 
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(p, q)| (p - q).abs() <= tol * q.abs().max(1.0))
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(p, q)| (p - q).abs() <= tol * q.abs().max(1.0))
     }
 
     #[test]
     fn schedules_match_diffusers() {
         let mut s = EdmEulerScheduler::new();
         Scheduler::<HostTensor>::set_timesteps(&mut s, 5).unwrap();
-        let ts = [1.0955066680908203, 0.7159475088119507, 0.23058997094631195, -0.4433530569076538, -1.553652048110962];
+        let ts = [
+            1.0955066680908203,
+            0.7159475088119507,
+            0.23058997094631195,
+            -0.4433530569076538,
+            -1.553652048110962,
+        ];
         assert!(close(&s.timesteps, &ts, 1e-7), "{:?}", s.timesteps);
-        assert!(close(&s.sigmas[..3], &[80.0, 17.52783203125, 2.51521897315979], 1e-7));
+        assert!(close(
+            &s.sigmas[..3],
+            &[80.0, 17.52783203125, 2.51521897315979],
+            1e-7
+        ));
         assert_eq!((s.sigmas[4], s.sigmas[5]), (0.0020000000949949026, 0.0));
         let mut s = sched(json!({"sigma_schedule": "exponential"})).unwrap();
         Scheduler::<HostTensor>::set_timesteps(&mut s, 5).unwrap();
-        assert!(close(&s.sigmas[..3], &[80.0, 5.656854152679443, 0.3999999761581421], 1e-7));
+        assert!(close(
+            &s.sigmas[..3],
+            &[80.0, 5.656854152679443, 0.3999999761581421],
+            1e-7
+        ));
         assert!((Scheduler::<HostTensor>::init_noise_sigma(&s) - 6401f64.sqrt()).abs() < 1e-12);
     }
 
@@ -599,7 +681,11 @@ mod tests {
             let out = input.scale(0.5).add_scalar(0.1);
             xs = s.step(&out, t, &xs, None).unwrap().prev_sample;
         }
-        let want = [0.6966851353645325, -0.23375554382801056, 0.23146472871303558];
+        let want = [
+            0.6966851353645325,
+            -0.23375554382801056,
+            0.23146472871303558,
+        ];
         assert!(close(xs.data(), &want, 2e-5), "{xs:?}");
     }
 
@@ -610,26 +696,52 @@ mod tests {
         Scheduler::<HostTensor>::set_timesteps(&mut s, 4).unwrap();
         let t = s.timesteps[0];
         let e = s.step(&x(&[0.1]), t, &x(&[1.0]), None).unwrap_err();
-        assert!(matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"), "{e}");
+        assert!(
+            matches!(&e, Error::InvalidArgument { argument, .. } if argument == "noise"),
+            "{e}"
+        );
         assert!(s.step(&x(&[0.1]), t, &x(&[1.0]), Some(&x(&[0.2]))).is_ok());
         // Churn keys are Ember extensions, written only when set.
         let json = Scheduler::<HostTensor>::config_json(&s);
         assert_eq!(json["s_churn"], json!(2.0));
-        assert!(Scheduler::<HostTensor>::config_json(&EdmEulerScheduler::new()).get("s_churn").is_none());
+        assert!(
+            Scheduler::<HostTensor>::config_json(&EdmEulerScheduler::new())
+                .get("s_churn")
+                .is_none()
+        );
     }
 
     #[test]
     fn error_cases() {
         let mut s = EdmEulerScheduler::new();
-        assert!(matches!(s.step(&x(&[0.0]), 1.0, &x(&[0.0]), None), Err(Error::State(_))));
-        assert!(matches!(Scheduler::<HostTensor>::set_timesteps(&mut s, 0), Err(Error::InvalidArgument { .. })));
-        // A ramp that does not give decreasing σs.
-        let r = TimestepRequest::sigmas(vec![1.0, 0.0]);
-        assert!(matches!(Scheduler::<HostTensor>::set_timesteps_with(&mut s, &r), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.step(&x(&[0.0]), 1.0, &x(&[0.0]), None),
+            Err(Error::State(_))
+        ));
+        assert!(matches!(
+            Scheduler::<HostTensor>::set_timesteps(&mut s, 0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        // Custom σs must decrease (a diffusers-style ramp [0, 1] is refused).
+        let r = TimestepRequest::sigmas(vec![0.0, 1.0]);
+        assert!(matches!(
+            Scheduler::<HostTensor>::set_timesteps_with(&mut s, &r),
+            Err(Error::InvalidArgument { .. })
+        ));
+        let r = TimestepRequest::sigmas(vec![10.0, 1.0, 0.0]);
+        Scheduler::<HostTensor>::set_timesteps_with(&mut s, &r).unwrap();
+        assert_eq!(s.sigmas, [10.0, 1.0, 0.0]);
+        assert_eq!(s.timesteps[1], 0.0);
         Scheduler::<HostTensor>::set_timesteps(&mut s, 3).unwrap();
         let t = s.timesteps[0];
-        assert!(matches!(s.step(&x(&[f64::NAN]), t, &x(&[0.0]), None), Err(Error::NonFinite { .. })));
-        assert!(matches!(s.step(&x(&[0.0]), 42.0, &x(&[0.0]), None), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.step(&x(&[f64::NAN]), t, &x(&[0.0]), None),
+            Err(Error::NonFinite { .. })
+        ));
+        assert!(matches!(
+            s.step(&x(&[0.0]), 42.0, &x(&[0.0]), None),
+            Err(Error::InvalidArgument { .. })
+        ));
         let e = sched(json!({"prediction_type": "sample"})).err().unwrap();
         assert!(e.to_string().contains("prediction_type"), "{e}");
         let e = sched(json!({"sigma_schedule": "linear"})).err().unwrap();

@@ -385,7 +385,8 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchEulerDiscreteScheduler {
             ));
         }
         let i = self.init_step_index(timestep)?;
-        if i + 1 >= self.sigmas.len() {
+        // sigmas has one entry more than timesteps (the terminal σ).
+        if i >= self.timesteps.len() {
             return Err(Error::State(format!(
                 "FlowMatchEulerDiscreteScheduler: step index {i} is past the last of {} steps",
                 self.timesteps.len()

@@ -47,6 +47,9 @@
 //! - `solver_p` (an external predictor) is not supported; `solver_order` is limited to 1–3.
 //! - `add_noise` before `set_timesteps` uses σ_t of each training timestep (see
 //!   [`VpTrainTable::initial_schedule`]).
+//! - A first `step` at the schedule's first timestep starts at index 0 even when Karras
+//!   rounding repeats that timestep (see [`crate::vp_solver::first_step_index`]); diffusers
+//!   starts at 1 there and fails on the last step.
 
 use ember_core::scheduler::{check_finite, check_same_shape};
 use ember_core::{Error, Prediction, Result, SampleTensor, Scheduler, StepOutput, TimestepRequest};
@@ -59,7 +62,7 @@ use crate::schedule::{linspace_f64, BetaSchedule};
 use crate::sigmas::{beta_sigmas, exponential_sigmas, interp, karras_sigmas, KARRAS_RHO};
 use crate::vp_solver::{
     alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps, dynamic_threshold, lambda, log_sigmas_f32,
-    multistep_index_for_timestep, noise_levels, sigma_to_t_np, solve_dense, spaced_timesteps, to_f32,
+    first_step_index, noise_levels, sigma_to_t_np, solve_dense, spaced_timesteps, to_f32,
     FinalSigmasType, TimestepSpacing, VpTrainTable,
 };
 
@@ -628,7 +631,7 @@ impl<S: SampleTensor> Scheduler<S> for UniPCMultistepScheduler<S> {
         };
         let i = match (self.step_index, self.begin_index) {
             (Some(i), _) | (None, Some(i)) => i,
-            (None, None) => multistep_index_for_timestep(&self.timesteps, timestep),
+            (None, None) => first_step_index(&self.timesteps, timestep),
         };
         if i >= n {
             return Err(Error::State(format!(
@@ -840,6 +843,20 @@ mod tests {
         assert!(sched(json!({"use_karras_sigmas": true, "use_beta_sigmas": true})).is_err());
         assert!(sched(json!({"beta_schedule": "sigmoid"})).is_err());
         assert!(sched(json!({"solver_p": {"_class_name": "DDIMScheduler"}})).is_err());
+    }
+
+    #[test]
+    fn repeated_first_timestep_runs_to_the_end() {
+        // Karras σs on the cosine schedule round to [999, 999, 998, 993, 837, 0] (diffusers
+        // 0.42.1), which diffusers cannot run to completion.
+        let mut s = sched(json!({"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": true})).unwrap();
+        s.set_timesteps(6).unwrap();
+        assert_eq!(s.timesteps(), &[999.0, 999.0, 998.0, 993.0, 837.0, 0.0]);
+        let mut x = host(&[0.3, -0.2]);
+        for t in s.timesteps().to_vec() {
+            x = s.step(&x.scale(0.1), t, &x, None).unwrap().prev_sample;
+        }
+        assert!(x.all_finite());
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn check_train_timesteps(n: usize) -> Result<()> {
 /// `numpy.arange(start, stop, step)` for float arguments.
 fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
     let len = ((stop - start) / step).ceil();
-    if !(len > 0.0) {
+    if len.is_nan() || len <= 0.0 {
         return vec![];
     }
     let len = len as usize;
@@ -164,6 +164,8 @@ pub fn log_sigmas_f32(sigmas: &[f64]) -> Vec<f64> {
 /// because diffusers truncates `_sigma_to_t(σ, np.log(σs))` to an integer timestep, so a
 /// one-ulp difference in a table log can move a timestep by one (e.g. 999 → 998 at σ_max).
 /// Other numpy builds (AVX-512 with SVML, ARM) may differ from this by an ulp.
+// The coefficients are numpy's decimal literals verbatim (clippy: more digits than f32 holds).
+#[allow(clippy::excessive_precision)]
 pub fn np_log_f32(x: f32) -> f32 {
     // Minimax coefficients of numpy's kernel (npy_simd_data.h), as float32.
     const P: [f32; 6] = [
@@ -274,6 +276,21 @@ pub fn multistep_index_for_timestep(schedule: &[f64], timestep: f64) -> usize {
     }
 }
 
+/// The step index a multistep solver's *first* `step` starts from: as
+/// [`multistep_index_for_timestep`], except that the schedule's own first timestep maps to 0
+/// even when it is repeated.
+///
+/// Karras spacing on some schedules rounds the first two σs to the same integer timestep
+/// (e.g. `[999, 999, 998, …]` for `squaredcos_cap_v2`); diffusers' second-occurrence rule then
+/// starts at index 1 and fails on the last step (an `AssertionError` in UniPC, an
+/// `IndexError` in DEIS). Starting at 0 there only changes runs diffusers cannot complete.
+pub fn first_step_index(schedule: &[f64], timestep: f64) -> usize {
+    match schedule.first() {
+        Some(&t0) if t0 as f32 == timestep as f32 => 0,
+        _ => multistep_index_for_timestep(schedule, timestep),
+    }
+}
+
 /// Imagen's dynamic thresholding (Saharia et al. 2022, §2.3; diffusers' `_threshold_sample`):
 /// per sample, s = the `ratio`-quantile of |x₀| clamped to `[1, max_value]`, then
 /// x₀ ← clamp(x₀, −s, s)/s.
@@ -331,10 +348,11 @@ pub fn solve_dense(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         }
         a.swap(col, pivot);
         b.swap(col, pivot);
+        let pivot_row = a[col].clone();
         for row in col + 1..n {
-            let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+            let f = a[row][col] / pivot_row[col];
+            for (v, p) in a[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *v -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -476,13 +494,13 @@ mod tests {
     fn numpy_float32_log() {
         // np.log(np.float32 array) on numpy 2.4 (X86_V3), bit patterns.
         for (x, want) in [
-            (157.4072723388672f32, 5.0588365f32),
-            (0.010001329705119133, -4.605037),
+            (157.40727f32, 5.0588365f32),
+            (0.01000133, -4.605037),
             (1.0, 0.0),
-            (0.5, -0.6931472),
         ] {
             assert_eq!(np_log_f32(x), want, "log({x})");
         }
+        assert_eq!(np_log_f32(0.5), -std::f32::consts::LN_2);
         assert_eq!(np_log_f32(0.0), f32::NEG_INFINITY);
         assert!(np_log_f32(-1.0).is_nan());
     }
