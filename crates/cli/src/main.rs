@@ -5,7 +5,7 @@
 //! ember schedulers DDIMScheduler --json
 //! ```
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -74,7 +74,8 @@ fn schedulers(name: Option<&str>, json: bool) -> Result<()> {
     if json {
         let out: Vec<Value> = selected.iter().map(|s| (s.default_config)()).collect();
         let out = if out.len() == 1 { out[0].clone() } else { Value::Array(out) };
-        println!("{}", serde_json::to_string_pretty(&out).context("serialising configs")?);
+        // diffusers' text form: non-finite defaults (`lambda_min_clipped`) as `-Infinity`.
+        println!("{}", ember_schedulers::config::config_to_text(&out));
         return Ok(());
     }
     println!("{} schedulers (diffusers class names; options are scheduler_config.json keys)\n", selected.len());
