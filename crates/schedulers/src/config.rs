@@ -36,7 +36,10 @@ pub fn parse_config<C: SchedulerConfig>(json: &Value) -> Result<C> {
         message: e.to_string(),
     })?;
     for key in unknown_keys(&cfg) {
-        log::warn!("{}: config key `{key}` is not used by Ember and is kept as is", C::CLASS_NAME);
+        log::warn!(
+            "{}: config key `{key}` is not used by Ember and is kept as is",
+            C::CLASS_NAME
+        );
     }
     cfg.validate()?;
     Ok(cfg)
@@ -44,7 +47,11 @@ pub fn parse_config<C: SchedulerConfig>(json: &Value) -> Result<C> {
 
 /// The keys of `cfg` that Ember did not recognise (bookkeeping keys excluded).
 pub fn unknown_keys<C: SchedulerConfig>(cfg: &C) -> Vec<String> {
-    cfg.extra().keys().filter(|k| !BOOKKEEPING_KEYS.contains(&k.as_str())).cloned().collect()
+    cfg.extra()
+        .keys()
+        .filter(|k| !BOOKKEEPING_KEYS.contains(&k.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Serialises a config as diffusers writes it: `_class_name` first, then every field.
@@ -86,8 +93,9 @@ pub fn parse_config_text(text: &str, what: &str) -> Result<Value> {
         }
         if c == '"' {
             in_string = true;
-        } else if let Some(token) =
-            ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t))
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t))
         {
             out.push('"');
             out.push_str(token);
@@ -98,7 +106,10 @@ pub fn parse_config_text(text: &str, what: &str) -> Result<Value> {
         out.push(c);
         rest = &rest[c.len_utf8()..];
     }
-    serde_json::from_str(&out).map_err(|e| Error::Parse { what: what.to_string(), message: e.to_string() })
+    serde_json::from_str(&out).map_err(|e| Error::Parse {
+        what: what.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Writes a config as diffusers does (two-space indent), with the non-finite markers
@@ -109,6 +120,39 @@ pub fn config_to_text(value: &Value) -> String {
     text.replace("\"-Infinity\"", "-Infinity")
         .replace("\"Infinity\"", "Infinity")
         .replace("\"NaN\"", "NaN")
+}
+
+/// Checks a config's `prediction_type` against the ones a scheduler class supports (shared
+/// by the `validate()` of every scheduler family).
+pub fn check_prediction(
+    prediction: ember_core::Prediction,
+    supported: &[ember_core::Prediction],
+    class_name: &str,
+) -> Result<()> {
+    if supported.contains(&prediction) {
+        return Ok(());
+    }
+    let names: Vec<&str> = supported.iter().map(|p| p.name()).collect();
+    Err(Error::config(
+        "prediction_type",
+        format!(
+            "{class_name} supports {}, not `{}`",
+            names.join(", "),
+            prediction.name()
+        ),
+    ))
+}
+
+/// Checks `num_train_timesteps` ∈ [1, `max`]. The upper limit is a guard against absurd
+/// allocations; it differs between scheduler families (see their `MAX_TRAIN_TIMESTEPS`).
+pub fn check_num_train_timesteps_at_most(n: usize, max: usize) -> Result<()> {
+    if n == 0 || n > max {
+        return Err(Error::config(
+            "num_train_timesteps",
+            format!("must be between 1 and {max}, got {n}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Serde helper for floats that may be infinite (`lambda_min_clipped = -inf`): written as

@@ -18,50 +18,10 @@
 //! operation as diffusers does, and hand the results to the tensors as `f64`.
 
 use ember_core::{Error, Prediction, Result, SampleTensor, TimestepRequest};
-use serde::{Deserialize, Serialize};
 
-/// diffusers' `timestep_spacing`: how `n` inference timesteps are laid out over the
-/// `T` training timesteps (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample
-/// Steps are Flawed", Table 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum TimestepSpacing {
-    /// `round(linspace(0, T − 1, n))`, descending: includes both ends.
-    #[serde(rename = "linspace")]
-    Linspace,
-    /// `k · (T // n) + steps_offset` for k = n − 1 … 0: starts at 0, may stop short of T − 1.
-    #[default]
-    #[serde(rename = "leading")]
-    Leading,
-    /// `round(T − k · T/n) − 1` for k = 0 … n − 1: starts at T − 1, may stop short of 0.
-    #[serde(rename = "trailing")]
-    Trailing,
-}
-
-/// `numpy.arange(start, stop, step)` for floating-point arguments, reproducing numpy's
-/// length (`ceil((stop − start)/step)`) and fill rule: `a₀ = start`, `a₁ = start + step`,
-/// and `aᵢ = start + i·(a₁ − a₀)` for i ≥ 2 (numpy's `DOUBLE_fill`), which is not always
-/// bit-identical to `start + i·step`.
-pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    if step == 0.0 || !step.is_finite() {
-        return vec![];
-    }
-    let len = ((stop - start) / step).ceil();
-    // NaN (0/0) and non-positive lengths give an empty range, as in numpy.
-    if len.is_nan() || len <= 0.0 {
-        return vec![];
-    }
-    let len = len as usize;
-    let mut out = Vec::with_capacity(len);
-    out.push(start);
-    if len > 1 {
-        out.push(start + step);
-    }
-    if len > 2 {
-        let delta = out[1] - out[0];
-        out.extend((2..len).map(|i| start + i as f64 * delta));
-    }
-    out
-}
+// `TimestepSpacing` and `np_arange` are shared by every scheduler family; they live in
+// `crate::schedule` and are re-exported here under their old paths.
+pub use crate::schedule::{np_arange, TimestepSpacing};
 
 /// `numpy.linspace(start, stop, num, endpoint=False)`: `start + i·(stop − start)/num`.
 pub fn np_linspace_no_endpoint(start: f64, stop: f64, num: usize) -> Vec<f64> {
@@ -74,6 +34,12 @@ pub fn np_linspace_no_endpoint(start: f64, stop: f64, num: usize) -> Vec<f64> {
 
 /// The descending inference timesteps of `DDPMScheduler` / `DDIMScheduler`
 /// (`set_timesteps(n)`), exactly as diffusers lays them out.
+///
+/// diffusers lays out the same [`TimestepSpacing`] differently per family, so this is one of
+/// three deliberately separate layouts: here `linspace` has n points and `leading` uses the
+/// ratio T // n; the multistep solvers ([`crate::vp_solver::spaced_timesteps`]) take n of
+/// n + 1 points and T // (n + 1); the σ-space schedulers
+/// ([`crate::sigma_schedule::spaced_timesteps`]) keep fractional float32 timesteps.
 ///
 /// The caller has already checked `1 ≤ n ≤ num_train_timesteps`.
 pub fn spaced_timesteps(
@@ -256,26 +222,8 @@ pub fn alpha_at(acp: &[f32], t: i64, fallback: f32) -> Result<f32> {
     })
 }
 
-/// Checks the `prediction_type` of a config against the ones a scheduler supports.
-pub fn check_prediction(
-    prediction: Prediction,
-    supported: &[Prediction],
-    class_name: &str,
-) -> Result<()> {
-    if supported.contains(&prediction) {
-        Ok(())
-    } else {
-        let names: Vec<&str> = supported.iter().map(|p| p.name()).collect();
-        Err(Error::config(
-            "prediction_type",
-            format!(
-                "{class_name} supports {}, not `{}`",
-                names.join(", "),
-                prediction.name()
-            ),
-        ))
-    }
-}
+// The `prediction_type` check is shared by every scheduler family (re-exported here).
+pub use crate::config::check_prediction;
 
 /// The beta schedules every DDPM-family scheduler of diffusers implements.
 pub const BASIC_BETA_SCHEDULES: [crate::BetaSchedule; 3] = [
@@ -295,19 +243,8 @@ pub fn check_beta_schedule(
     if has_trained_betas || supported.contains(&schedule) {
         return Ok(());
     }
-    let names: Vec<String> = supported
-        .iter()
-        .map(|s| {
-            serde_json::to_value(s)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default()
-        })
-        .collect();
-    let given = serde_json::to_value(schedule)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default();
+    let names: Vec<&str> = supported.iter().map(|s| s.name()).collect();
+    let given = schedule.name();
     Err(Error::config(
         "beta_schedule",
         format!(
@@ -402,6 +339,10 @@ impl X0Clamp {
 /// The per-sample quantile needs a sort, which [`SampleTensor`] does not offer, so this runs
 /// on the host (one read-back and one upload per step). Thresholding is only meant for
 /// pixel-space models with small samples, where that cost is negligible.
+///
+/// The multistep solvers use [`crate::vp_solver::dynamic_threshold`] instead: the same
+/// operation with an f64 quantile rank and a device-side clamp; see there why the two are
+/// not merged yet.
 pub fn threshold_sample<S: SampleTensor>(x0: &S, ratio: f64, max_value: f64) -> S {
     let mut host = x0.to_host();
     let per = host.sample_len().max(1);
@@ -645,14 +586,10 @@ impl StepIndex {
 }
 
 /// diffusers' `index_for_timestep`: the second match when there are several, else the first.
+///
+/// Timesteps here are integers, compared exactly.
 pub fn index_for_timestep(timesteps: &[f64], timestep: f64) -> Option<usize> {
-    let mut matches = timesteps
-        .iter()
-        .enumerate()
-        .filter(|(_, &t)| t == timestep)
-        .map(|(i, _)| i);
-    let first = matches.next()?;
-    Some(matches.next().unwrap_or(first))
+    crate::schedule::second_or_first_match(timesteps, |t| t == timestep)
 }
 
 /// The extra arguments of `LCMScheduler.set_timesteps` / `TCDScheduler.set_timesteps`.

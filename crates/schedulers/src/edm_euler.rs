@@ -146,16 +146,7 @@ pub const MAX_EDM_STEPS: usize = 1_000_000;
 
 /// Checks an EDM step count: at least 1, at most [`MAX_EDM_STEPS`].
 pub fn check_step_count(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::argument("num_inference_steps", "must be at least 1"));
-    }
-    if n > MAX_EDM_STEPS {
-        return Err(Error::argument(
-            "num_inference_steps",
-            format!("{n} exceeds the limit of {MAX_EDM_STEPS} steps"),
-        ));
-    }
-    Ok(())
+    crate::schedule::check_inference_steps_at_most(n, MAX_EDM_STEPS)
 }
 
 /// Checks the shared EDM config values.

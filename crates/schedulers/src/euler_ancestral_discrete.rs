@@ -287,8 +287,7 @@ mod tests {
         let t0 = s.timesteps()[0];
         let e = s
             .step(&x, t0, &x, None)
-            .err()
-            .expect("ancestral step without noise");
+            .expect_err("ancestral step without noise");
         assert!(matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "noise"));
         assert_eq!(s.step_index(), Some(0));
         // The final step (to σ = 0) draws no noise.

@@ -641,8 +641,7 @@ mod tests {
         let t0 = s.timesteps()[0];
         let e = s
             .step(&x, t0, &x, None)
-            .err()
-            .expect("churn step without noise");
+            .expect_err("churn step without noise");
         assert!(matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "noise"));
         // The last σ (≈0.18 after 6 steps with this schedule) lies below s_tmin: no noise.
         let mut s = build(sd(json!({"s_churn": 1.0, "s_tmin": 100.0})));

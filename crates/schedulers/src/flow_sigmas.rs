@@ -17,6 +17,7 @@
 //! [`Precision`] reproduces both: in float32 mode every intermediate result is rounded to
 //! float32, which for +, −, ×, ÷ gives exactly the float32 operation's result.
 
+use crate::schedule::f32r;
 use serde::{Deserialize, Serialize};
 
 /// diffusers' `time_shift_type`: the form of the resolution-dependent shift.
@@ -45,7 +46,7 @@ impl Precision {
     pub fn r(self, x: f64) -> f64 {
         match self {
             Precision::F64 => x,
-            Precision::F32 => f64::from(x as f32),
+            Precision::F32 => crate::schedule::f32r(x),
         }
     }
 }
@@ -83,11 +84,15 @@ pub fn stretch_to_terminal(sigmas: &mut [f64], terminal: f64, p: Precision) {
 /// The training-time σ table of the flow-matching schedulers, as their constructors build it
 /// in float32: σ_i = (T − i)/T for i = 0..T, shifted by `shift` when `apply_shift`.
 /// Returns (σ, timesteps = σ·T), both as float32 values held in f64.
-pub fn train_flow_sigmas(num_train_timesteps: usize, shift: f64, apply_shift: bool) -> (Vec<f64>, Vec<f64>) {
+pub fn train_flow_sigmas(
+    num_train_timesteps: usize,
+    shift: f64,
+    apply_shift: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let t = num_train_timesteps as f64;
     let sigmas: Vec<f64> = (0..num_train_timesteps)
         .map(|i| {
-            let s = to_f32((t - i as f64) / t);
+            let s = f32r((t - i as f64) / t);
             if apply_shift {
                 shift_sigma(shift, s, Precision::F32)
             } else {
@@ -95,12 +100,8 @@ pub fn train_flow_sigmas(num_train_timesteps: usize, shift: f64, apply_shift: bo
             }
         })
         .collect();
-    let timesteps = sigmas.iter().map(|&s| to_f32(s * t)).collect();
+    let timesteps = sigmas.iter().map(|&s| f32r(s * t)).collect();
     (sigmas, timesteps)
-}
-
-fn to_f32(x: f64) -> f64 {
-    f64::from(x as f32)
 }
 
 /// The step index the flow-matching schedulers start from for `timestep`: its position in
@@ -108,9 +109,7 @@ fn to_f32(x: f64) -> f64 {
 /// not skip a σ); `None` when it does not occur (diffusers raises an IndexError).
 /// Values are compared as float32, as torch compares a Python float with a float32 tensor.
 pub fn flow_index_for_timestep(schedule: &[f64], timestep: f64) -> Option<usize> {
-    let hits: Vec<usize> =
-        schedule.iter().enumerate().filter(|(_, &t)| t as f32 == timestep as f32).map(|(i, _)| i).collect();
-    hits.get(usize::from(hits.len() > 1)).copied()
+    crate::schedule::second_or_first_match(schedule, |t| t as f32 == timestep as f32)
 }
 
 #[cfg(test)]
@@ -125,7 +124,9 @@ mod tests {
             assert!(shift_sigma(3.0, 0.5, p) > 0.5);
         }
         // Exponential shift with μ = 0 is the identity; the linear one with μ = 1 too.
-        assert!((time_shift(TimeShiftType::Exponential, 0.0, 0.3, Precision::F64) - 0.3).abs() < 1e-15);
+        assert!(
+            (time_shift(TimeShiftType::Exponential, 0.0, 0.3, Precision::F64) - 0.3).abs() < 1e-15
+        );
         assert!((time_shift(TimeShiftType::Linear, 1.0, 0.3, Precision::F64) - 0.3).abs() < 1e-15);
     }
 
@@ -138,7 +139,10 @@ mod tests {
 
     #[test]
     fn index_lookup() {
-        assert_eq!(flow_index_for_timestep(&[1000.0, 500.0, 500.0], 500.0), Some(2));
+        assert_eq!(
+            flow_index_for_timestep(&[1000.0, 500.0, 500.0], 500.0),
+            Some(2)
+        );
         assert_eq!(flow_index_for_timestep(&[1000.0, 500.0], 1000.0), Some(0));
         assert_eq!(flow_index_for_timestep(&[1000.0, 500.0], 7.0), None);
     }

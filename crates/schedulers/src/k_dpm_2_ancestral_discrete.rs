@@ -324,8 +324,7 @@ mod tests {
         // Second half: needs noise; a failed call leaves the state for a retry.
         let e = s
             .step(&x.scale(0.1), ts[1], &x, None)
-            .err()
-            .expect("noise required");
+            .expect_err("noise required");
         assert!(matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "noise"));
         assert_eq!(s.step_index(), Some(1));
         s.step(&x.scale(0.1), ts[1], &x, Some(&fake_noise(0)))

@@ -39,8 +39,96 @@ pub enum BetaSchedule {
 
 impl BetaSchedule {
     /// All diffusers names, for error messages and listings.
-    pub const NAMES: [&'static str; 6] =
-        ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "exp", "laplace"];
+    pub const NAMES: [&'static str; 6] = [
+        "linear",
+        "scaled_linear",
+        "squaredcos_cap_v2",
+        "sigmoid",
+        "exp",
+        "laplace",
+    ];
+
+    /// diffusers' name of this schedule (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            BetaSchedule::Linear => "linear",
+            BetaSchedule::ScaledLinear => "scaled_linear",
+            BetaSchedule::SquaredcosCapV2 => "squaredcos_cap_v2",
+            BetaSchedule::Sigmoid => "sigmoid",
+            BetaSchedule::Exp => "exp",
+            BetaSchedule::Laplace => "laplace",
+        }
+    }
+}
+
+/// diffusers' `timestep_spacing`: how inference timesteps are laid out over the `T` training
+/// timesteps (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
+/// Flawed", Table 2). One enum for every scheduler; the exact layout of each spacing differs
+/// between diffusers' scheduler families and is given by their own `spaced_timesteps`
+/// ([`crate::ddpm_common::spaced_timesteps`], [`crate::vp_solver::spaced_timesteps`],
+/// [`crate::sigma_schedule::spaced_timesteps`]).
+///
+/// The per-scheduler default also differs (`leading` for the DDPM family, `linspace` for the
+/// others); every config sets its own. The enum's `Default` is `linspace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TimestepSpacing {
+    /// Evenly spaced from `T − 1` down to 0, both ends included (rounded to integers by the
+    /// DDPM family and the multistep solvers, kept fractional by the σ-space schedulers).
+    #[default]
+    #[serde(rename = "linspace")]
+    Linspace,
+    /// Integer multiples of a step ratio `T // n` (`T // (n + 1)` for the multistep solvers)
+    /// counting up from 0, plus `steps_offset`: starts at 0, may stop short of `T − 1`
+    /// (Stable Diffusion's original layout).
+    #[serde(rename = "leading")]
+    Leading,
+    /// `round(arange(T, 0, −T/n)) − 1`: starts at the last training timestep `T − 1`, may stop
+    /// short of 0.
+    #[serde(rename = "trailing")]
+    Trailing,
+}
+
+/// Checks a requested inference step count: at least 1, at most `max` (a guard against
+/// absurd allocations; diffusers sets no limit). Shared by the σ-space and EDM schedulers;
+/// the multistep solvers' [`crate::vp_solver::check_step_count`] words the limit differently
+/// and keeps its own message.
+pub fn check_inference_steps_at_most(n: usize, max: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::argument("num_inference_steps", "must be at least 1"));
+    }
+    if n > max {
+        return Err(Error::argument(
+            "num_inference_steps",
+            format!("{n} exceeds the limit of {max} steps"),
+        ));
+    }
+    Ok(())
+}
+
+/// `numpy.arange(start, stop, step)` for floating-point arguments, reproducing numpy's
+/// length (`ceil((stop − start)/step)`) and fill rule: `a₀ = start`, `a₁ = start + step`,
+/// and `aᵢ = start + i·(a₁ − a₀)` for i ≥ 2 (numpy's `DOUBLE_fill`), which is not always
+/// bit-identical to `start + i·step`.
+pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
+    if step == 0.0 || !step.is_finite() {
+        return vec![];
+    }
+    let len = ((stop - start) / step).ceil();
+    // NaN (0/0) and non-positive lengths give an empty range, as in numpy.
+    if len.is_nan() || len <= 0.0 {
+        return vec![];
+    }
+    let len = len as usize;
+    let mut out = Vec::with_capacity(len);
+    out.push(start);
+    if len > 1 {
+        out.push(start + step);
+    }
+    if len > 2 {
+        let delta = out[1] - out[0];
+        out.extend((2..len).map(|i| start + i as f64 * delta));
+    }
+    out
 }
 
 /// `torch.linspace(start, end, n, dtype=float32)` exactly as PyTorch's CPU kernel computes it:
@@ -85,6 +173,59 @@ pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
     }
 }
 
+/// Rounds to the nearest float32 value, returned as f64: what a diffusers float32 tensor
+/// (or numpy float32 array) holds. Every scheduler uses this one rounding helper.
+pub fn f32r(x: f64) -> f64 {
+    f64::from(x as f32)
+}
+
+/// The training σ table `((1 − ᾱ)/ᾱ)^½`, computed in float32 as diffusers does (its
+/// `alphas_cumprod` is a float32 tensor), returned as f64 holding those float32 values.
+pub fn train_sigmas_f32(alphas_cumprod: &[f64]) -> Vec<f64> {
+    alphas_cumprod
+        .iter()
+        .map(|&a| {
+            // torch: ((1 - acp) / acp) ** 0.5, every operation in float32.
+            let a = a as f32;
+            f64::from(((1.0f32 - a) / a).sqrt())
+        })
+        .collect()
+}
+
+/// ᾱ as the σ-table builders of diffusers' solvers and σ-space schedulers use it: with
+/// `rescale_betas_zero_snr`, the final ᾱ (0 after the rescale) is replaced by 2⁻²⁴, "close to
+/// 0 without being 0 so the first σ is not inf".
+pub fn alphas_cumprod_for_sigmas(schedule: &TrainSchedule, zero_snr_epsilon: bool) -> Vec<f64> {
+    let mut acp = schedule.alphas_cumprod.clone();
+    if zero_snr_epsilon {
+        if let Some(last) = acp.last_mut() {
+            *last = 2f64.powi(-24);
+        }
+    }
+    acp
+}
+
+/// The "second occurrence, else the first" rule of diffusers' `index_for_timestep`: the
+/// position of the second entry of `schedule` for which `is_match` holds when there are
+/// several (so that a schedule entered part-way, img2img, does not skip a step), else of the
+/// only one; `None` when nothing matches.
+///
+/// Every scheduler family applies this rule, but each compares timesteps its own way
+/// (exactly, as float32, or with a tolerance) and treats a miss its own way, as the
+/// diffusers classes they follow do; those parts stay with the callers.
+pub fn second_or_first_match(
+    schedule: &[f64],
+    mut is_match: impl FnMut(f64) -> bool,
+) -> Option<usize> {
+    let mut hits = schedule
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| is_match(t))
+        .map(|(i, _)| i);
+    let first = hits.next()?;
+    Some(hits.next().unwrap_or(first))
+}
+
 /// The transform of `betas_for_alpha_bar`: ᾱ as a function of t ∈ [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AlphaBarTransform {
@@ -101,9 +242,9 @@ impl AlphaBarTransform {
     /// ᾱ(t).
     pub fn alpha_bar(self, t: f64) -> f64 {
         match self {
-            AlphaBarTransform::Cosine => {
-                ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2)
-            }
+            AlphaBarTransform::Cosine => ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+                .cos()
+                .powi(2),
             AlphaBarTransform::Exp => (t * -12.0).exp(),
             AlphaBarTransform::Laplace => {
                 let lmb = -0.5 * (0.5 - t).signum() * (1.0 - 2.0 * (0.5 - t).abs() + 1e-6).ln();
@@ -138,15 +279,18 @@ pub fn betas(
     let n = num_train_timesteps;
     let f32s: Vec<f32> = match schedule {
         BetaSchedule::Linear => linspace_f32(beta_start, beta_end, n),
-        BetaSchedule::ScaledLinear => {
-            linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
-        }
-        BetaSchedule::SquaredcosCapV2 => {
-            betas_for_alpha_bar(n, 0.999, AlphaBarTransform::Cosine).iter().map(|&b| b as f32).collect()
-        }
-        BetaSchedule::Exp => {
-            betas_for_alpha_bar(n, 0.999, AlphaBarTransform::Exp).iter().map(|&b| b as f32).collect()
-        }
+        BetaSchedule::ScaledLinear => linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n)
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
+        BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar(n, 0.999, AlphaBarTransform::Cosine)
+            .iter()
+            .map(|&b| b as f32)
+            .collect(),
+        BetaSchedule::Exp => betas_for_alpha_bar(n, 0.999, AlphaBarTransform::Exp)
+            .iter()
+            .map(|&b| b as f32)
+            .collect(),
         BetaSchedule::Laplace => betas_for_alpha_bar(n, 0.999, AlphaBarTransform::Laplace)
             .iter()
             .map(|&b| b as f32)
@@ -168,7 +312,7 @@ pub fn betas(
 /// diffusers' `rescale_zero_terminal_snr` (Lin et al. 2023, Algorithm 1), in float32 as
 /// diffusers computes it: shifts and scales √ᾱ so the last step has ᾱ = 0 exactly.
 pub fn rescale_zero_terminal_snr(betas: &[f64]) -> Vec<f64> {
-    let acp = cumprod_f32(&betas.iter().map(|&b| (1.0 - b as f32)).collect::<Vec<f32>>());
+    let acp = cumprod_f32(&betas.iter().map(|&b| 1.0 - b as f32).collect::<Vec<f32>>());
     let mut sq: Vec<f32> = acp.iter().map(|&a| a.sqrt()).collect();
     let (first, last) = (sq[0], sq[sq.len() - 1]);
     for v in sq.iter_mut() {
@@ -242,8 +386,15 @@ impl TrainSchedule {
                 betas(beta_schedule, num_train_timesteps, beta_start, beta_end)
             }
         };
-        if let Some((i, b)) = betas.iter().enumerate().find(|(_, &b)| !(0.0..=1.0).contains(&b)) {
-            return Err(Error::config("betas", format!("beta[{i}] = {b} is outside [0, 1]")));
+        if let Some((i, b)) = betas
+            .iter()
+            .enumerate()
+            .find(|(_, &b)| !(0.0..=1.0).contains(&b))
+        {
+            return Err(Error::config(
+                "betas",
+                format!("beta[{i}] = {b} is outside [0, 1]"),
+            ));
         }
         if rescale_betas_zero_snr {
             betas = rescale_zero_terminal_snr(&betas);
@@ -269,13 +420,29 @@ impl TrainSchedule {
 
     /// σ_t = √((1 − ᾱ_t)/ᾱ_t) for every training timestep (the variance-exploding view).
     pub fn sigmas(&self) -> Vec<f64> {
-        self.alphas_cumprod.iter().map(|&a| ((1.0 - a) / a).sqrt()).collect()
+        self.alphas_cumprod
+            .iter()
+            .map(|&a| ((1.0 - a) / a).sqrt())
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beta_schedule_names_match_serde() {
+        // `name()` feeds the beta_schedule error messages that used serde's names before.
+        for (i, name) in BetaSchedule::NAMES.iter().enumerate() {
+            let b: BetaSchedule = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(b.name(), *name);
+            assert_eq!(
+                serde_json::to_value(b).unwrap(),
+                serde_json::json!(BetaSchedule::NAMES[i])
+            );
+        }
+    }
 
     #[test]
     fn cosine_betas_are_not_integer_divided() {

@@ -22,24 +22,9 @@ use crate::schedule::{linspace_f64, BetaSchedule, TrainSchedule};
 use crate::sigmas;
 use ember_core::scheduler::check_same_shape;
 use ember_core::{Error, Prediction, Result, SampleTensor};
-use serde::{Deserialize, Serialize};
 
-/// diffusers' `timestep_spacing`: how the inference timesteps are laid out over the
-/// training range (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are
-/// Flawed", table 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum TimestepSpacing {
-    /// Evenly spaced from `num_train_timesteps − 1` down to 0, fractional values kept.
-    #[default]
-    #[serde(rename = "linspace")]
-    Linspace,
-    /// Integer multiples of `num_train_timesteps / n` counting up from 0, plus `steps_offset`.
-    #[serde(rename = "leading")]
-    Leading,
-    /// Integer steps counting down from `num_train_timesteps − 1`.
-    #[serde(rename = "trailing")]
-    Trailing,
-}
+// The shared spacing enum and numpy `arange` (re-exported under their old paths).
+pub use crate::schedule::{np_arange, TimestepSpacing};
 
 /// Which spacing of noise levels replaces the interpolated training σs
 /// (diffusers' `use_karras_sigmas` / `use_exponential_sigmas` / `use_beta_sigmas`).
@@ -94,20 +79,11 @@ pub const MAX_INFERENCE_STEPS: usize = 100_000;
 
 /// Checks `num_train_timesteps` (at least 1, at most [`MAX_TRAIN_TIMESTEPS`]).
 pub fn check_num_train_timesteps(n: usize) -> Result<()> {
-    if n == 0 || n > MAX_TRAIN_TIMESTEPS {
-        return Err(Error::config(
-            "num_train_timesteps",
-            format!("must be between 1 and {MAX_TRAIN_TIMESTEPS}, got {n}"),
-        ));
-    }
-    Ok(())
+    crate::config::check_num_train_timesteps_at_most(n, MAX_TRAIN_TIMESTEPS)
 }
 
-/// Rounds to the nearest float32 value, returned as f64: what a diffusers float32 tensor
-/// holds.
-pub fn f32r(x: f64) -> f64 {
-    f64::from(x as f32)
-}
+// The float32 rounding helper is shared (re-exported under its old path).
+pub use crate::schedule::f32r;
 
 /// Checks `beta_schedule` against the names a diffusers class implements (the others raise
 /// `NotImplementedError` there). `trained_betas`, when given, bypasses the named schedule.
@@ -120,11 +96,7 @@ pub fn check_beta_schedule(
     if trained_betas.is_some() || allowed.contains(&schedule) {
         return Ok(());
     }
-    let names: Vec<String> = allowed
-        .iter()
-        .filter_map(|b| serde_json::to_value(b).ok())
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let names: Vec<&str> = allowed.iter().map(|b| b.name()).collect();
     Err(Error::config(
         "beta_schedule",
         format!("{class_name} implements only {}", names.join(", ")),
@@ -154,25 +126,8 @@ pub fn check_sigma_bounds(sigma_min: Option<f64>, sigma_max: Option<f64>) -> Res
     Ok(())
 }
 
-/// Rejects prediction types these σ-space schedulers do not define.
-pub fn check_prediction(
-    prediction: Prediction,
-    allowed: &[Prediction],
-    class_name: &str,
-) -> Result<()> {
-    if allowed.contains(&prediction) {
-        return Ok(());
-    }
-    let names: Vec<&str> = allowed.iter().map(|p| p.name()).collect();
-    Err(Error::config(
-        "prediction_type",
-        format!(
-            "{class_name} supports {}, not `{}`",
-            names.join(", "),
-            prediction.name()
-        ),
-    ))
-}
+// The `prediction_type` check is shared by every scheduler family (re-exported here).
+pub use crate::config::check_prediction;
 
 /// The training noise levels a σ-space scheduler interpolates and inverts.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,21 +145,15 @@ pub struct TrainSigmas {
 impl TrainSigmas {
     /// Builds the table from ᾱ (float32 values held in f64).
     pub fn new(alphas_cumprod: Vec<f64>) -> Self {
-        let sigmas32: Vec<f32> = alphas_cumprod
-            .iter()
-            .map(|&a| {
-                // torch: ((1 - acp) / acp) ** 0.5, every operation in float32.
-                let a = a as f32;
-                ((1.0f32 - a) / a).sqrt()
-            })
-            .collect();
-        let log_sigmas_f32: Vec<f32> = sigmas32
-            .iter()
-            .map(|&s| (f64::from(s).ln()) as f32)
-            .collect();
+        // σ in float32 as torch computes it. The logs use Rust's correctly rounded `ln`
+        // rounded to float32 (see the module docs), not `vp_solver::log_sigmas_f32`'s
+        // emulation of numpy's SIMD kernel: the two differ by an ulp on some σs, and switching
+        // would move σ-derived timesteps of these schedulers, so they are deliberately kept apart.
+        let sigmas = crate::schedule::train_sigmas_f32(&alphas_cumprod);
+        let log_sigmas_f32: Vec<f32> = sigmas.iter().map(|&s| s.ln() as f32).collect();
         Self {
             alphas_cumprod,
-            sigmas: sigmas32.iter().map(|&s| f64::from(s)).collect(),
+            sigmas,
             log_sigmas: log_sigmas_f32.iter().map(|&l| f64::from(l)).collect(),
             log_sigmas_f32,
         }
@@ -214,13 +163,10 @@ impl TrainSigmas {
     /// (diffusers sets it to 2⁻²⁴ after `rescale_betas_zero_snr`, "close to 0 without being
     /// 0 so the first σ is not inf").
     pub fn from_schedule(schedule: &TrainSchedule, zero_snr_epsilon: bool) -> Self {
-        let mut acp = schedule.alphas_cumprod.clone();
-        if zero_snr_epsilon {
-            if let Some(last) = acp.last_mut() {
-                *last = 2f64.powi(-24);
-            }
-        }
-        Self::new(acp)
+        Self::new(crate::schedule::alphas_cumprod_for_sigmas(
+            schedule,
+            zero_snr_epsilon,
+        ))
     }
 
     /// Number of training timesteps.
@@ -320,32 +266,10 @@ impl TrainSigmas {
     }
 }
 
-/// numpy's `arange(start, stop, step)` for floats: `ceil((stop − start)/step)` values
-/// `start + i·δ`, where numpy's fill uses `δ = (start + step) − start`, not `step` itself.
-pub fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    if step == 0.0 || !step.is_finite() {
-        return Vec::new();
-    }
-    let len = ((stop - start) / step).ceil();
-    if len.is_nan() || len <= 0.0 {
-        return Vec::new();
-    }
-    let len = len as usize;
-    let mut out = Vec::with_capacity(len);
-    out.push(start);
-    if len > 1 {
-        let second = start + step;
-        let delta = second - start;
-        out.push(second);
-        for i in 2..len {
-            out.push(start + i as f64 * delta);
-        }
-    }
-    out
-}
-
 /// The inference timesteps of diffusers' `set_timesteps` for a step count, as float32
-/// values (largest first). Note that `trailing` follows numpy's `arange`, which for some
+/// values (largest first). Deliberately separate from the DDPM family's and the multistep
+/// solvers' layouts, which diffusers defines differently (see
+/// [`crate::ddpm_common::spaced_timesteps`]). Note that `trailing` follows numpy's `arange`, which for some
 /// step counts (61 of 1000, say) yields one extra timestep (−1); diffusers keeps it and so
 /// does Ember.
 pub fn spaced_timesteps(
@@ -355,15 +279,7 @@ pub fn spaced_timesteps(
     steps_offset: usize,
 ) -> Result<Vec<f64>> {
     let (t_max, n) = (num_train_timesteps, num_inference_steps);
-    if n == 0 {
-        return Err(Error::argument("num_inference_steps", "must be at least 1"));
-    }
-    if n > MAX_INFERENCE_STEPS {
-        return Err(Error::argument(
-            "num_inference_steps",
-            format!("{n} exceeds the limit of {MAX_INFERENCE_STEPS} steps"),
-        ));
-    }
+    crate::schedule::check_inference_steps_at_most(n, MAX_INFERENCE_STEPS)?;
     if n > t_max {
         // `leading` would give step_ratio = 0 (every timestep equal), `trailing` repeated
         // timesteps, and `linspace` noise levels between the ones the model was trained on.
@@ -448,7 +364,8 @@ pub fn interpolated_schedule(
 }
 
 /// Checks caller-supplied timesteps: non-empty, finite, strictly decreasing, inside the
-/// training range.
+/// training range. Unlike `ddpm_common::check_custom_timesteps` fractional timesteps are
+/// allowed here (σ is interpolated), hence the separate check.
 pub fn check_custom_timesteps(timesteps: &[f64], num_train_timesteps: usize) -> Result<()> {
     if timesteps.is_empty() {
         return Err(Error::argument("timesteps", "must not be empty"));
@@ -550,19 +467,9 @@ pub const TIMESTEP_MATCH_TOLERANCE: f64 = 1e-5;
 /// [`TIMESTEP_MATCH_TOLERANCE`]` · max(1, |t|)` is accepted (with the same second-occurrence
 /// rule); anything farther is an error.
 pub fn index_for_timestep(schedule: &[f64], timestep: f64) -> Result<usize> {
-    let pick = |hits: &mut dyn Iterator<Item = usize>| match (hits.next(), hits.next()) {
-        (Some(_), Some(second)) => Some(second),
-        (first, None) => first,
-        (None, Some(_)) => None,
-    };
+    use crate::schedule::second_or_first_match;
     let t = f32r(timestep);
-    let exact = pick(
-        &mut schedule
-            .iter()
-            .enumerate()
-            .filter(|(_, &s)| f32r(s) == t)
-            .map(|(i, _)| i),
-    );
+    let exact = second_or_first_match(schedule, |s| f32r(s) == t);
     if let Some(i) = exact {
         return Ok(i);
     }
@@ -573,13 +480,7 @@ pub fn index_for_timestep(schedule: &[f64], timestep: f64) -> Result<usize> {
         .filter(|d| *d <= tol)
         .fold(f64::INFINITY, f64::min);
     let close = if nearest.is_finite() {
-        pick(
-            &mut schedule
-                .iter()
-                .enumerate()
-                .filter(|(_, &s)| (s - timestep).abs() == nearest)
-                .map(|(i, _)| i),
-        )
+        second_or_first_match(schedule, |s| (s - timestep).abs() == nearest)
     } else {
         None
     };
@@ -983,8 +884,7 @@ pub(crate) mod test_support {
         );
         let e = s
             .step(&x, 123.456, &x, Some(&x))
-            .err()
-            .expect("unknown timestep");
+            .expect_err("unknown timestep");
         assert!(
             matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "timestep"),
             "{e}"

@@ -16,23 +16,10 @@
 use ember_core::{Error, Result, SampleTensor};
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::linspace_f64;
+use crate::schedule::{linspace_f64, np_arange};
 
-/// diffusers' `timestep_spacing`: how inference timesteps are placed on the training grid
-/// (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Table 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum TimestepSpacing {
-    /// `round(linspace(0, T − 1, n + 1))`, reversed, without the final 0.
-    #[default]
-    #[serde(rename = "linspace")]
-    Linspace,
-    /// Multiples of `T // (n + 1)` plus `steps_offset` (Stable Diffusion's original layout).
-    #[serde(rename = "leading")]
-    Leading,
-    /// `round(arange(T, 0, −T/n)) − 1`: always starts at the last training timestep.
-    #[serde(rename = "trailing")]
-    Trailing,
-}
+// The shared spacing enum (re-exported under its old path).
+pub use crate::schedule::TimestepSpacing;
 
 /// diffusers' `final_sigmas_type`: the σ the last step lands on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -47,7 +34,9 @@ pub enum FinalSigmasType {
 }
 
 /// The inference timesteps of diffusers' multistep solvers for `spacing`, as the int64
-/// values diffusers stores (highest first).
+/// values diffusers stores (highest first). Deliberately separate from the DDPM family's and
+/// the σ-space schedulers' layouts, which diffusers defines differently (see
+/// [`crate::ddpm_common::spaced_timesteps`]).
 ///
 /// Reproduces numpy's arithmetic, including `np.arange` with a float step (whose length is
 /// `ceil((stop − start)/step)` and whose elements are `start + i·Δ` with Δ re-derived from the
@@ -72,7 +61,10 @@ pub fn spaced_timesteps(
         }
         TimestepSpacing::Leading => {
             let ratio = (num_train_timesteps / (n + 1)) as i64;
-            (1..=n as i64).rev().map(|k| k * ratio + steps_offset).collect()
+            (1..=n as i64)
+                .rev()
+                .map(|k| k * ratio + steps_offset)
+                .collect()
         }
         TimestepSpacing::Trailing => {
             let step = -(t_train / n as f64);
@@ -92,6 +84,9 @@ pub const MAX_INFERENCE_STEPS: usize = 100_000;
 pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
 
 /// Checks a requested step count: at least 1, at most [`MAX_INFERENCE_STEPS`].
+///
+/// (The same check as [`crate::schedule::check_inference_steps_at_most`], kept separate only
+/// because its error message is worded differently and messages are part of the behaviour.)
 pub fn check_step_count(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::argument("num_inference_steps", "must be at least 1"));
@@ -107,52 +102,20 @@ pub fn check_step_count(n: usize) -> Result<()> {
 
 /// Checks `num_train_timesteps`: at least 1, at most [`MAX_TRAIN_TIMESTEPS`].
 pub fn check_train_timesteps(n: usize) -> Result<()> {
-    if n == 0 || n > MAX_TRAIN_TIMESTEPS {
-        return Err(Error::config(
-            "num_train_timesteps",
-            format!("must be between 1 and {MAX_TRAIN_TIMESTEPS}, got {n}"),
-        ));
-    }
-    Ok(())
+    crate::config::check_num_train_timesteps_at_most(n, MAX_TRAIN_TIMESTEPS)
 }
 
-/// `numpy.arange(start, stop, step)` for float arguments.
-fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil();
-    if len.is_nan() || len <= 0.0 {
-        return vec![];
-    }
-    let len = len as usize;
-    let mut out = Vec::with_capacity(len);
-    out.push(start);
-    if len > 1 {
-        let second = start + step;
-        out.push(second);
-        // numpy fills the rest from the first two elements: Δ = a[1] − a[0].
-        let delta = second - start;
-        for i in 2..len {
-            out.push(start + i as f64 * delta);
-        }
-    }
-    out
-}
-
-/// The training σ table `((1 − ᾱ)/ᾱ)^½`, computed in float32 as diffusers does (its
-/// `alphas_cumprod` is a float32 tensor), returned as f64 holding those float32 values.
-pub fn train_sigmas_f32(alphas_cumprod: &[f64]) -> Vec<f64> {
-    alphas_cumprod
-        .iter()
-        .map(|&a| {
-            let a = a as f32;
-            f64::from(((1.0f32 - a) / a).sqrt())
-        })
-        .collect()
-}
+// The float32 σ table and the float32 rounding are shared (re-exported under their old
+// paths; `to_f32` is `crate::schedule::f32r`).
+pub use crate::schedule::{f32r as to_f32, train_sigmas_f32};
 
 /// `np.log` of a float32 σ table, as float32 values (numpy keeps float32 arrays in float32
 /// and evaluates the logarithm with its own SIMD kernel, see [`np_log_f32`]).
 pub fn log_sigmas_f32(sigmas: &[f64]) -> Vec<f64> {
-    sigmas.iter().map(|&s| f64::from(np_log_f32(s as f32))).collect()
+    sigmas
+        .iter()
+        .map(|&s| f64::from(np_log_f32(s as f32)))
+        .collect()
 }
 
 /// numpy's float32 `log` as its x86-64 AVX2/FMA kernel (`simd_log_FLOAT`, used by numpy
@@ -220,11 +183,6 @@ pub fn np_log_f32(x: f32) -> f32 {
     fma(e, std::f32::consts::LN_2, num / den)
 }
 
-/// Rounds to the nearest float32 (diffusers stores its σ schedules as float32 tensors).
-pub fn to_f32(x: f64) -> f64 {
-    f64::from(x as f32)
-}
-
 /// diffusers' `_sigma_to_t`, reproducing numpy's arithmetic for any ordering of
 /// `log_sigmas`: the low index is the *last* index whose log σ is ≤ ln σ (0 when there is
 /// none), clipped to `len − 2`, and t interpolates linearly in log σ between it and the next.
@@ -234,8 +192,11 @@ pub fn sigma_to_t_np(sigma: f64, log_sigmas: &[f64]) -> f64 {
         return 0.0;
     }
     let log_sigma = sigma.max(1e-10).ln();
-    let low_idx =
-        log_sigmas.iter().rposition(|&ls| log_sigma - ls >= 0.0).unwrap_or(0).min(n - 2);
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&ls| log_sigma - ls >= 0.0)
+        .unwrap_or(0)
+        .min(n - 2);
     let high_idx = low_idx + 1;
     let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
     let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);
@@ -268,12 +229,8 @@ pub fn lambda(alpha_t: f64, sigma_t: f64) -> f64 {
 pub fn multistep_index_for_timestep(schedule: &[f64], timestep: f64) -> usize {
     // diffusers compares in float32 (a Python float meets a float32 or int64 tensor).
     let t32 = timestep as f32;
-    let mut hits = schedule.iter().enumerate().filter(|(_, &t)| t as f32 == t32).map(|(i, _)| i);
-    match (hits.next(), hits.next()) {
-        (Some(_), Some(second)) => second,
-        (Some(first), None) => first,
-        _ => schedule.len().saturating_sub(1),
-    }
+    crate::schedule::second_or_first_match(schedule, |t| t as f32 == t32)
+        .unwrap_or(schedule.len().saturating_sub(1))
 }
 
 /// The step index a multistep solver's *first* `step` starts from: as
@@ -298,6 +255,12 @@ pub fn first_step_index(schedule: &[f64], timestep: f64) -> usize {
 /// The quantile is read back to the host (linear interpolation between order statistics, as
 /// `torch.quantile`); the clamp and division stay on the sample's device, written as
 /// `clamp(x₀/s, −1, 1)`, which equals `clamp(x₀, −s, s)/s` because division by s > 0 is monotone.
+///
+/// Not yet merged with [`crate::ddpm_common::threshold_sample`], which does the same thing
+/// but forms the quantile rank in float32 with `torch.lerp`'s blend (bit-faithful to
+/// `torch.quantile` on float32) and clamps on the host. Merging either way changes results in
+/// the last bits (and moves this step's clamp off the device), so it is left for a
+/// deliberate, separately tested change.
 pub fn dynamic_threshold<S: SampleTensor>(x0: &S, ratio: f64, max_value: f64) -> S {
     let host = x0.to_host();
     let per = host.sample_len().max(1);
@@ -321,7 +284,10 @@ pub fn dynamic_threshold<S: SampleTensor>(x0: &S, ratio: f64, max_value: f64) ->
 /// `what` names the source in the error ("custom sigmas", "the schedule", ...).
 pub fn check_decreasing(values: &[f64], argument: &str, what: &str) -> Result<()> {
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(Error::argument(argument, format!("{what} has a non-finite value at {i}")));
+        return Err(Error::argument(
+            argument,
+            format!("{what} has a non-finite value at {i}"),
+        ));
     }
     if let Some(i) = values.windows(2).position(|w| w[1] >= w[0]) {
         return Err(Error::argument(
@@ -367,13 +333,19 @@ pub fn solve_dense(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
 
 /// The beta schedules diffusers' multistep solvers implement (others raise
 /// `NotImplementedError` there); `trained_betas` overrides the schedule.
+///
+/// (Kept apart from `ddpm_common::check_beta_schedule` and `sigma_schedule::check_beta_schedule`:
+/// the three word their errors differently and disagree on whether an empty `trained_betas`
+/// list bypasses the check; both are observable behaviour.)
 pub fn check_beta_schedule(
     schedule: crate::BetaSchedule,
     trained_betas: Option<&[f64]>,
     class_name: &str,
 ) -> Result<()> {
     use crate::BetaSchedule::{Linear, ScaledLinear, SquaredcosCapV2};
-    if trained_betas.is_some_and(|b| !b.is_empty()) || matches!(schedule, Linear | ScaledLinear | SquaredcosCapV2) {
+    if trained_betas.is_some_and(|b| !b.is_empty())
+        || matches!(schedule, Linear | ScaledLinear | SquaredcosCapV2)
+    {
         return Ok(());
     }
     Err(Error::config(
@@ -410,14 +382,13 @@ impl VpTrainTable {
             trained_betas,
             rescale_betas_zero_snr,
         )?;
-        let mut alphas_cumprod = schedule.alphas_cumprod;
-        if rescale_betas_zero_snr {
-            if let Some(last) = alphas_cumprod.last_mut() {
-                *last = 2f64.powi(-24);
-            }
-        }
+        let alphas_cumprod =
+            crate::schedule::alphas_cumprod_for_sigmas(&schedule, rescale_betas_zero_snr);
         let sigmas = train_sigmas_f32(&alphas_cumprod);
-        Ok(Self { alphas_cumprod, sigmas })
+        Ok(Self {
+            alphas_cumprod,
+            sigmas,
+        })
     }
 
     /// The (timesteps, σ) pair a solver exposes before `set_timesteps`: every training
@@ -428,7 +399,10 @@ impl VpTrainTable {
     /// pairs each timestep with its own σ.)
     pub fn initial_schedule(&self) -> (Vec<f64>, Vec<f64>) {
         let n = self.sigmas.len();
-        ((0..n).rev().map(|t| t as f64).collect(), self.sigmas.iter().rev().copied().collect())
+        (
+            (0..n).rev().map(|t| t as f64).collect(),
+            self.sigmas.iter().rev().copied().collect(),
+        )
     }
 }
 
@@ -447,18 +421,27 @@ pub fn noise_levels(
     if timesteps.is_empty() || (timesteps.len() != 1 && timesteps.len() != batch) {
         return Err(Error::argument(
             "timesteps",
-            format!("give one timestep or one per sample ({batch}), got {}", timesteps.len()),
+            format!(
+                "give one timestep or one per sample ({batch}), got {}",
+                timesteps.len()
+            ),
         ));
     }
     let indices: Vec<usize> = match (begin_index, step_index) {
-        (None, _) => timesteps.iter().map(|&t| multistep_index_for_timestep(schedule, t)).collect(),
+        (None, _) => timesteps
+            .iter()
+            .map(|&t| multistep_index_for_timestep(schedule, t))
+            .collect(),
         (Some(_), Some(i)) | (Some(i), None) => vec![i; timesteps.len()],
     };
     let mut alphas = Vec::with_capacity(indices.len());
     let mut sigmas_t = Vec::with_capacity(indices.len());
     for i in indices {
         let sigma = sigmas.get(i).copied().ok_or_else(|| {
-            Error::State(format!("step index {i} is outside the schedule of {} σs", sigmas.len()))
+            Error::State(format!(
+                "step index {i} is outside the schedule of {} σs",
+                sigmas.len()
+            ))
         })?;
         let (a, s) = alpha_sigma(sigma, flow);
         alphas.push(a);
@@ -487,7 +470,10 @@ mod tests {
             spaced_timesteps(TimestepSpacing::Trailing, 1000, 6, 0),
             vec![999, 832, 666, 499, 332, 166]
         );
-        assert_eq!(spaced_timesteps(TimestepSpacing::Trailing, 1000, 7, 0).len(), 7);
+        assert_eq!(
+            spaced_timesteps(TimestepSpacing::Trailing, 1000, 7, 0).len(),
+            7
+        );
     }
 
     #[test]
