@@ -67,10 +67,18 @@ impl TimeScale {
             trained.as_deref(),
             zero_snr,
         )?;
-        // Zero-terminal-SNR schedules have σ = ∞ at the end; diffusers' σ-space schedulers
-        // clamp ᾱ to 2⁻²⁴ there, and so do we.
-        let log_sigmas =
-            s.alphas_cumprod.iter().map(|&a| ((1.0 - a.max(2f64.powi(-24))) / a.max(2f64.powi(-24))).sqrt().ln()).collect();
+        // Zero-terminal-SNR schedules have ᾱ = 0 (σ = ∞) at the end; diffusers' σ-space
+        // schedulers set that ᾱ to 2⁻²⁴, and so do we. Every other ᾱ is used as is (a cosine
+        // schedule legitimately reaches ᾱ ≈ 2.4e-9).
+        let floor = 2f64.powi(-24);
+        let log_sigmas = s
+            .alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = if a > 0.0 { a } else { floor };
+                ((1.0 - a) / a).sqrt().ln()
+            })
+            .collect();
         Ok(TimeScale::Discrete { log_sigmas })
     }
 

@@ -581,7 +581,7 @@ impl StepIndex {
     }
     /// Moves to the next step (after a successful step).
     pub fn advance(&mut self) {
-        self.step = Some(self.step.map_or(0, |i| i + 1));
+        self.step = Some(self.step.map_or(0, |i| i.saturating_add(1)));
     }
 }
 

@@ -35,7 +35,7 @@ use crate::config::nullable::default_on_null;
 use crate::config::SchedulerConfig;
 use crate::dpm_solver::{
     check_solver_order, check_thresholding, check_timestep_count, convert_vp_output,
-    data_from_converted, first_order_update, multistep_order, multistep_update, neg_inf_on_null,
+    data_from_converted, first_order_update, multistep_order, multistep_update_with, neg_inf_on_null,
     split_learned_variance, step_noise, vp_add_noise, vp_inference_schedule, AlgorithmType, Node,
     OutputHistory, SolverType, Thresholding, VarianceType, VpLayout,
 };
@@ -106,9 +106,15 @@ pub struct DpmSolverMultistepConfig {
     pub flow_shift: f64,
     /// The σ the last step ends at.
     pub final_sigmas_type: FinalSigmasType,
-    /// Timesteps whose λ is below this are not used (`-inf`: all are; written as `null`).
+    /// Timesteps whose λ is below this are not used (`-inf`: all are; written `-Infinity`).
     #[serde(with = "neg_inf_on_null")]
     pub lambda_min_clipped: f64,
+    /// Ember-only, default false (diffusers' numbers). diffusers' third-order multistep
+    /// update halves its second-derivative term, which makes DPM++ 3M second order; true
+    /// uses the exact third-order weight (see `dpm_solver::multistep_update_with`). Written
+    /// to the config only when true.
+    #[serde(deserialize_with = "default_on_null", skip_serializing_if = "std::ops::Not::not")]
+    pub exact_third_order: bool,
     /// `learned`/`learned_range` for models that also output their variance (its channels
     /// are dropped); DDPM's fixed kinds are accepted and ignored.
     pub variance_type: Option<VarianceType>,
@@ -154,6 +160,7 @@ impl Default for DpmSolverMultistepConfig {
             flow_shift: 1.0,
             final_sigmas_type: FinalSigmasType::Zero,
             lambda_min_clipped: f64::NEG_INFINITY,
+            exact_third_order: false,
             variance_type: None,
             timestep_spacing: TimestepSpacing::Linspace,
             steps_offset: 0,
@@ -613,7 +620,8 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverMultistepScheduler<S> {
             first_order_update(alg, nodes[0], nodes[1], sample, m[0], noise)
         } else {
             let outputs = self.history.newest_n(order)?;
-            multistep_update(alg, solver_type, &nodes, &outputs, sample, noise)?
+            let d2_scale = if c.exact_third_order { 2.0 } else { 1.0 };
+            multistep_update_with(alg, solver_type, &nodes, &outputs, sample, noise, d2_scale)?
         };
         if self.lower_order_nums < solver_order {
             self.lower_order_nums += 1;

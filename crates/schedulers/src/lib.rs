@@ -7,7 +7,7 @@
 //! serves every rank and every burn backend.
 //!
 //! ```
-//! use ember_core::{HostTensor, NoiseSource, Scheduler};
+//! use ember_core::{HostTensor, NoiseSource, SampleTensor, Scheduler};
 //! use ember_schedulers::from_config_json;
 //!
 //! // Runtime choice by diffusers class name, as in a scheduler_config.json.
@@ -19,7 +19,7 @@
 //!     let eps = x.scale(0.1); // stand-in for a model's noise prediction
 //!     x = s.step(&eps, t, &x, None).unwrap().prev_sample;
 //! }
-//! assert!(ember_core::SampleTensor::all_finite(&x));
+//! assert!(x.all_finite());
 //! ```
 
 pub mod analytic;

@@ -339,6 +339,9 @@ fn cumprod_f32(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The largest `num_train_timesteps` any schedule accepts (diffusers models use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 1_000_000;
+
 /// The discrete training schedule every DDPM-family scheduler is built on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSchedule {
@@ -365,6 +368,13 @@ impl TrainSchedule {
     ) -> Result<Self> {
         if num_train_timesteps == 0 {
             return Err(Error::config("num_train_timesteps", "must be at least 1"));
+        }
+        // A typo such as 1e18 would otherwise abort the process on allocation.
+        if num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!("{num_train_timesteps} exceeds the limit of {MAX_TRAIN_TIMESTEPS}"),
+            ));
         }
         let mut betas = match trained_betas {
             Some(tb) if !tb.is_empty() => {
