@@ -28,7 +28,9 @@ pub fn sample_stats(points: &HostTensor, mixture: &GaussianMixture) -> SampleSta
     let dim = mixture.dim();
     let rows: Vec<&[f64]> = points.data().chunks(dim).collect();
     let n = rows.len().max(1) as f64;
-    let mean: Vec<f64> = (0..dim).map(|d| rows.iter().map(|r| r[d]).sum::<f64>() / n).collect();
+    let mean: Vec<f64> = (0..dim)
+        .map(|d| rows.iter().map(|r| r[d]).sum::<f64>() / n)
+        .collect();
     let mut covariance = vec![0.0; dim * dim];
     for r in &rows {
         for i in 0..dim {
@@ -41,5 +43,9 @@ pub fn sample_stats(points: &HostTensor, mixture: &GaussianMixture) -> SampleSta
     for k in mixture.classify(points) {
         weights[k] += 1.0 / n;
     }
-    SampleStats { mean, covariance, weights }
+    SampleStats {
+        mean,
+        covariance,
+        weights,
+    }
 }

@@ -21,7 +21,13 @@ fn main() -> Result<()> {
         }
         Some("bench") => {
             let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["bench", "-p", "ember-schedulers", "--bench", "step_overhead"]);
+            cargo.args([
+                "bench",
+                "-p",
+                "ember-schedulers",
+                "--bench",
+                "step_overhead",
+            ]);
             run(cargo)?;
             let mut py = Command::new(root.join("tools/reference/run.sh"));
             py.arg("bench_scheduler_overhead.py");
@@ -35,7 +41,10 @@ fn main() -> Result<()> {
 
 /// The workspace root: xtask lives one level below it.
 fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
 }
 
 fn run(mut cmd: Command) -> Result<()> {

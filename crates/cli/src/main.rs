@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use serde_json::Value;
 
 #[derive(Parser)]
-#[command(name = "ember", version, about = "Diffusion models on burn: schedulers, models, pipelines")]
+#[command(
+    name = "ember",
+    version,
+    about = "Diffusion models on burn: schedulers, models, pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,7 +41,11 @@ impl log::Log for StderrLogger {
     }
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            eprintln!("{}: {}", record.level().as_str().to_lowercase(), record.args());
+            eprintln!(
+                "{}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -65,7 +73,10 @@ fn schedulers(name: Option<&str>, json: bool) -> Result<()> {
             let found: Vec<_> = all.iter().filter(|s| s.class_name == n).collect();
             if found.is_empty() {
                 let valid: Vec<_> = all.iter().map(|s| s.class_name).collect();
-                bail!("unknown scheduler `{n}`; valid values are: {}", valid.join(", "));
+                bail!(
+                    "unknown scheduler `{n}`; valid values are: {}",
+                    valid.join(", ")
+                );
             }
             found
         }
@@ -73,12 +84,19 @@ fn schedulers(name: Option<&str>, json: bool) -> Result<()> {
     };
     if json {
         let out: Vec<Value> = selected.iter().map(|s| (s.default_config)()).collect();
-        let out = if out.len() == 1 { out[0].clone() } else { Value::Array(out) };
+        let out = if out.len() == 1 {
+            out[0].clone()
+        } else {
+            Value::Array(out)
+        };
         // diffusers' text form: non-finite defaults (`lambda_min_clipped`) as `-Infinity`.
         println!("{}", ember_schedulers::config::config_to_text(&out));
         return Ok(());
     }
-    println!("{} schedulers (diffusers class names; options are scheduler_config.json keys)\n", selected.len());
+    println!(
+        "{} schedulers (diffusers class names; options are scheduler_config.json keys)\n",
+        selected.len()
+    );
     for s in selected {
         println!("{}\n  {}", s.class_name, s.summary);
         if let Value::Object(cfg) = (s.default_config)() {

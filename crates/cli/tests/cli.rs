@@ -3,7 +3,10 @@
 use std::process::Command;
 
 fn ember(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ember")).args(args).output().expect("ember runs")
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .output()
+        .expect("ember runs")
 }
 
 #[test]
@@ -14,7 +17,10 @@ fn schedulers_lists_every_scheduler_with_defaults() {
     for name in ember_schedulers::SCHEDULERS.iter().map(|s| s.class_name) {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
-    assert!(text.contains("beta_schedule") && text.contains("\"linear\""), "{text}");
+    assert!(
+        text.contains("beta_schedule") && text.contains("\"linear\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -35,5 +41,8 @@ fn unknown_scheduler_is_a_one_line_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("NoSuchScheduler") && err.contains("DDIMScheduler"), "{err}");
+    assert!(
+        err.contains("NoSuchScheduler") && err.contains("DDIMScheduler"),
+        "{err}"
+    );
 }

@@ -12,8 +12,8 @@
 
 use crate::sample::{HostTensor, SampleTensor};
 use crate::{Error, Result};
-use rand::Rng;
 use rand::distr::weighted::WeightedIndex;
+use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 
 /// An isotropic Gaussian mixture in `dim` dimensions.
@@ -32,18 +32,36 @@ impl GaussianMixture {
         if k == 0 || means.len() != k || stds.len() != k {
             return Err(Error::argument(
                 "mixture",
-                format!("{k} weights, {} means and {} stds must agree and be non-empty", means.len(), stds.len()),
+                format!(
+                    "{k} weights, {} means and {} stds must agree and be non-empty",
+                    means.len(),
+                    stds.len()
+                ),
             ));
         }
         let dim = means[0].len();
         if dim == 0 || means.iter().any(|m| m.len() != dim) {
-            return Err(Error::argument("means", "every mean must have the same, non-zero length"));
+            return Err(Error::argument(
+                "means",
+                "every mean must have the same, non-zero length",
+            ));
         }
-        if weights.iter().chain(&stds).any(|&v| !(v > 0.0 && v.is_finite())) {
-            return Err(Error::argument("weights/stds", "must be positive and finite"));
+        if weights
+            .iter()
+            .chain(&stds)
+            .any(|&v| !(v > 0.0 && v.is_finite()))
+        {
+            return Err(Error::argument(
+                "weights/stds",
+                "must be positive and finite",
+            ));
         }
         let total: f64 = weights.iter().sum();
-        Ok(Self { weights: weights.iter().map(|w| w / total).collect(), means, stds })
+        Ok(Self {
+            weights: weights.iter().map(|w| w / total).collect(),
+            means,
+            stds,
+        })
     }
 
     /// The 2-D, three-component mixture used across Ember's tests and demos.
@@ -76,7 +94,13 @@ impl GaussianMixture {
     /// Mean of the whole mixture.
     pub fn mean(&self) -> Vec<f64> {
         (0..self.dim())
-            .map(|d| self.weights.iter().zip(&self.means).map(|(w, m)| w * m[d]).sum())
+            .map(|d| {
+                self.weights
+                    .iter()
+                    .zip(&self.means)
+                    .map(|(w, m)| w * m[d])
+                    .sum()
+            })
             .collect()
     }
 
@@ -119,7 +143,10 @@ impl GaussianMixture {
                 let lp = self.log_likelihoods(p, 1.0, 0.0);
                 lp.iter()
                     .enumerate()
-                    .fold((0, f64::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    )
                     .0
             })
             .collect()
@@ -134,7 +161,11 @@ impl GaussianMixture {
             .zip(&self.stds)
             .map(|((w, m), s)| {
                 let var = alpha * alpha * s * s + sigma * sigma;
-                let d2: f64 = x.iter().zip(m).map(|(xi, mi)| (xi - alpha * mi).powi(2)).sum();
+                let d2: f64 = x
+                    .iter()
+                    .zip(m)
+                    .map(|(xi, mi)| (xi - alpha * mi).powi(2))
+                    .sum();
                 w.ln() - 0.5 * d2 / var - 0.5 * dim * (2.0 * std::f64::consts::PI * var).ln()
             })
             .collect()

@@ -49,10 +49,16 @@ impl<B: Backend> Conditioning<B> {
     }
     /// Conditioning on class labels only.
     pub fn with_class_labels(labels: Tensor<B, 1, Int>) -> Self {
-        Self { class_labels: Some(labels), ..Self::default() }
+        Self {
+            class_labels: Some(labels),
+            ..Self::default()
+        }
     }
     /// Conditioning on text-encoder states only.
     pub fn with_encoder_hidden_states(states: Tensor<B, 3>) -> Self {
-        Self { encoder_hidden_states: Some(states), ..Self::default() }
+        Self {
+            encoder_hidden_states: Some(states),
+            ..Self::default()
+        }
     }
 }

@@ -74,11 +74,17 @@ pub enum Error {
 impl Error {
     /// Shorthand for [`Error::InvalidConfig`].
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidConfig { field: field.into(), message: message.into() }
+        Error::InvalidConfig {
+            field: field.into(),
+            message: message.into(),
+        }
     }
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn argument(argument: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::InvalidArgument { argument: argument.into(), message: message.into() }
+        Error::InvalidArgument {
+            argument: argument.into(),
+            message: message.into(),
+        }
     }
     /// Shorthand for [`Error::UnknownName`].
     pub fn unknown<S: AsRef<str>>(kind: &str, name: &str, valid: &[S]) -> Self {

@@ -37,7 +37,11 @@ impl Prediction {
 
     /// The diffusers name of this parameterisation.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(p, _)| *p == self).map(|(_, n)| *n).unwrap_or("epsilon")
+        Self::ALL
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("epsilon")
     }
 
     /// Parses a diffusers name, with an error listing the valid ones.

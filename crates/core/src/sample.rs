@@ -44,7 +44,9 @@ pub trait SampleTensor: Clone + Send + Sync + 'static {
     /// the caller, never user input.
     fn lin_comb(terms: &[(f64, &Self)]) -> Self {
         let (c0, x0) = terms[0];
-        terms[1..].iter().fold(x0.scale(c0), |acc, (c, x)| acc.add(&x.scale(*c)))
+        terms[1..]
+            .iter()
+            .fold(x0.scale(c0), |acc, (c, x)| acc.add(&x.scale(*c)))
     }
     /// Number of samples in the batch (dimension 0).
     fn batch_size(&self) -> usize {
@@ -78,7 +80,10 @@ impl HostTensor {
     }
     /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Self {
-        Self { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        Self {
+            shape: shape.to_vec(),
+            data: vec![0.0; shape.iter().product()],
+        }
     }
     /// The values, row-major.
     pub fn data(&self) -> &[f64] {
@@ -98,13 +103,21 @@ impl HostTensor {
     }
     /// Maps every element.
     pub fn map(&self, f: impl Fn(f64) -> f64) -> Self {
-        Self { shape: self.shape.clone(), data: self.data.iter().map(|&v| f(v)).collect() }
+        Self {
+            shape: self.shape.clone(),
+            data: self.data.iter().map(|&v| f(v)).collect(),
+        }
     }
     fn zip(&self, other: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
         assert_eq!(self.shape, other.shape, "HostTensor shapes differ");
         Self {
             shape: self.shape.clone(),
-            data: self.data.iter().zip(&other.data).map(|(&a, &b)| f(a, b)).collect(),
+            data: self
+                .data
+                .iter()
+                .zip(&other.data)
+                .map(|(&a, &b)| f(a, b))
+                .collect(),
         }
     }
     /// Converts to a burn tensor of rank `D` on `device`.
@@ -115,7 +128,11 @@ impl HostTensor {
     /// Copies a burn tensor to the host.
     pub fn from_tensor<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Self {
         let shape = tensor.dims().to_vec();
-        let data = tensor.to_data().convert::<f64>().into_vec::<f64>().unwrap_or_default();
+        let data = tensor
+            .to_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .unwrap_or_default();
         Self { shape, data }
     }
 }
@@ -148,7 +165,11 @@ impl SampleTensor for HostTensor {
         let per = self.sample_len().max(1);
         let mut out = self.clone();
         for (i, v) in out.data.iter_mut().enumerate() {
-            let f = if factors.len() == 1 { factors[0] } else { factors[i / per] };
+            let f = if factors.len() == 1 {
+                factors[0]
+            } else {
+                factors[i / per]
+            };
             *v *= f;
         }
         out
@@ -221,7 +242,14 @@ impl<B: Backend, const D: usize> SampleTensor for Tensor<B, D> {
     }
     fn all_finite(&self) -> bool {
         // One reduction and one scalar read-back: cheap next to a model forward.
-        self.clone().is_finite().bool_not().any().int().into_scalar().elem::<i64>() == 0
+        self.clone()
+            .is_finite()
+            .bool_not()
+            .any()
+            .int()
+            .into_scalar()
+            .elem::<i64>()
+            == 0
     }
 }
 
@@ -251,7 +279,10 @@ mod tests {
         assert_eq!(got, h.scale_per_sample(&[2.0, -1.0]));
         let lc = <Tensor<B, 3> as SampleTensor>::lin_comb(&[(0.5, &t), (2.0, &t)]).to_host();
         assert_eq!(lc, h.scale(2.5));
-        assert_eq!(SampleTensor::clamp(&t, -1.0, 1.0).to_host(), h.clamp(-1.0, 1.0));
+        assert_eq!(
+            SampleTensor::clamp(&t, -1.0, 1.0).to_host(),
+            h.clamp(-1.0, 1.0)
+        );
         assert!(SampleTensor::all_finite(&t));
         let mut bad = h.clone();
         bad.data_mut()[4] = f64::NAN;

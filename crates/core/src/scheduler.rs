@@ -43,15 +43,24 @@ pub struct TimestepRequest {
 impl TimestepRequest {
     /// A plain step count.
     pub fn steps(n: usize) -> Self {
-        Self { num_inference_steps: Some(n), ..Self::default() }
+        Self {
+            num_inference_steps: Some(n),
+            ..Self::default()
+        }
     }
     /// An explicit timestep list.
     pub fn timesteps(ts: Vec<f64>) -> Self {
-        Self { timesteps: Some(ts), ..Self::default() }
+        Self {
+            timesteps: Some(ts),
+            ..Self::default()
+        }
     }
     /// An explicit sigma list.
     pub fn sigmas(sigmas: Vec<f64>) -> Self {
-        Self { sigmas: Some(sigmas), ..Self::default() }
+        Self {
+            sigmas: Some(sigmas),
+            ..Self::default()
+        }
     }
     /// Sets `mu`.
     pub fn with_mu(mut self, mu: f64) -> Self {
@@ -109,7 +118,10 @@ pub trait Scheduler<S: SampleTensor>: Send {
     /// The v-prediction target `α ε − σ x₀` at the given timesteps.
     fn get_velocity(&self, sample: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
         let _ = (sample, noise, timesteps);
-        Err(crate::Error::State(format!("{} does not define get_velocity", self.class_name())))
+        Err(crate::Error::State(format!(
+            "{} does not define get_velocity",
+            self.class_name()
+        )))
     }
     /// Index of the next step, once stepping has started.
     fn step_index(&self) -> Option<usize>;
@@ -124,7 +136,9 @@ pub fn check_finite<S: SampleTensor>(what: &str, x: &S) -> Result<()> {
     if x.all_finite() {
         Ok(())
     } else {
-        Err(crate::Error::NonFinite { what: what.to_string() })
+        Err(crate::Error::NonFinite {
+            what: what.to_string(),
+        })
     }
 }
 
@@ -134,6 +148,10 @@ pub fn check_same_shape<S: SampleTensor>(what: &str, expected: &S, got: &S) -> R
     if e == g {
         Ok(())
     } else {
-        Err(crate::Error::Shape { what: what.to_string(), expected: format!("{e:?}"), got: g })
+        Err(crate::Error::Shape {
+            what: what.to_string(),
+            expected: format!("{e:?}"),
+            got: g,
+        })
     }
 }

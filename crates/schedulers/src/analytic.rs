@@ -45,20 +45,33 @@ impl TimeScale {
         let class = cfg.get("_class_name").and_then(Value::as_str).unwrap_or("");
         let get_f = |k: &str, d: f64| cfg.get(k).and_then(Value::as_f64).unwrap_or(d);
         if class.starts_with("FlowMatch") {
-            return Ok(TimeScale::Flow { num_train_timesteps: get_f("num_train_timesteps", 1000.0) });
+            return Ok(TimeScale::Flow {
+                num_train_timesteps: get_f("num_train_timesteps", 1000.0),
+            });
         }
         if class.starts_with("EDM") {
-            return Ok(TimeScale::Edm { sigma_data: get_f("sigma_data", 0.5) });
+            return Ok(TimeScale::Edm {
+                sigma_data: get_f("sigma_data", 0.5),
+            });
         }
-        let n = cfg.get("num_train_timesteps").and_then(Value::as_u64).unwrap_or(1000) as usize;
+        let n = cfg
+            .get("num_train_timesteps")
+            .and_then(Value::as_u64)
+            .unwrap_or(1000) as usize;
         let schedule: BetaSchedule = match cfg.get("beta_schedule") {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| Error::Parse { what: "beta_schedule".into(), message: e.to_string() })?,
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| Error::Parse {
+                what: "beta_schedule".into(),
+                message: e.to_string(),
+            })?,
             None => BetaSchedule::Linear,
         };
-        let trained: Option<Vec<f64>> =
-            cfg.get("trained_betas").and_then(|v| serde_json::from_value(v.clone()).ok());
-        let zero_snr = cfg.get("rescale_betas_zero_snr").and_then(Value::as_bool).unwrap_or(false);
+        let trained: Option<Vec<f64>> = cfg
+            .get("trained_betas")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        let zero_snr = cfg
+            .get("rescale_betas_zero_snr")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let s = TrainSchedule::new(
             n,
             get_f("beta_start", 0.0001),
@@ -93,7 +106,9 @@ impl TimeScale {
                 let w = t - lo as f64;
                 ((1.0 - w) * log_sigmas[lo] + w * log_sigmas[hi]).exp()
             }
-            TimeScale::Flow { num_train_timesteps } => {
+            TimeScale::Flow {
+                num_train_timesteps,
+            } => {
                 let s = (t / num_train_timesteps).clamp(0.0, 1.0);
                 s / (1.0 - s).max(1e-12)
             }
@@ -124,7 +139,11 @@ impl AnalyticDenoiser {
             (_, Some(name)) => Prediction::from_name(name)?,
             (_, None) => Prediction::Epsilon,
         };
-        Ok(Self { mixture, time, prediction })
+        Ok(Self {
+            mixture,
+            time,
+            prediction,
+        })
     }
 
     /// The model output for the (already `scale_model_input`-scaled) sample `x` at `t`.
@@ -145,11 +164,16 @@ impl AnalyticDenoiser {
                         HostTensor::lin_comb(&[(alpha, &eps), (-sigma, &x0)])
                     }
                     Prediction::FlowPrediction => {
-                        return Err(Error::argument("prediction", "flow prediction needs a flow-matching time scale"))
+                        return Err(Error::argument(
+                            "prediction",
+                            "flow prediction needs a flow-matching time scale",
+                        ))
                     }
                 }
             }
-            TimeScale::Flow { num_train_timesteps } => {
+            TimeScale::Flow {
+                num_train_timesteps,
+            } => {
                 let sigma = (t / num_train_timesteps).clamp(0.0, 1.0);
                 let alpha = 1.0 - sigma;
                 let x0 = g.posterior_mean(x, alpha, sigma.max(1e-12));
@@ -184,7 +208,10 @@ mod tests {
         let ts = TimeScale::from_config(&cfg).unwrap();
         let (a, b, mid) = (ts.sigma_ve(10.0), ts.sigma_ve(11.0), ts.sigma_ve(10.5));
         assert!(((a * b).sqrt() - mid).abs() < 1e-12);
-        let flow = TimeScale::from_config(&serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler"})).unwrap();
+        let flow = TimeScale::from_config(
+            &serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler"}),
+        )
+        .unwrap();
         assert!((flow.sigma_ve(500.0) - 1.0).abs() < 1e-12);
     }
 }

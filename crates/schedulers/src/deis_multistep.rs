@@ -34,9 +34,9 @@ use crate::flow_sigmas::{shift_sigma, Precision, TimeShiftType};
 use crate::schedule::{linspace_f64, BetaSchedule};
 use crate::sigmas::{beta_sigmas, exponential_sigmas, interp, karras_sigmas, KARRAS_RHO};
 use crate::vp_solver::{
-    alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps, dynamic_threshold, lambda, log_sigmas_f32,
-    first_step_index, noise_levels, sigma_to_t_np, spaced_timesteps, to_f32, TimestepSpacing,
-    VpTrainTable,
+    alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps,
+    dynamic_threshold, first_step_index, lambda, log_sigmas_f32, noise_levels, sigma_to_t_np,
+    spaced_timesteps, to_f32, TimestepSpacing, VpTrainTable,
 };
 
 /// DEIS's `algorithm_type`. diffusers maps `dpmsolver` / `dpmsolver++` to `deis`.
@@ -53,7 +53,13 @@ pub enum DeisAlgorithmType {
 pub enum DeisSolverType {
     /// Lagrange interpolation in log ρ.
     #[default]
-    #[serde(rename = "logrho", alias = "midpoint", alias = "heun", alias = "bh1", alias = "bh2")]
+    #[serde(
+        rename = "logrho",
+        alias = "midpoint",
+        alias = "heun",
+        alias = "bh1",
+        alias = "bh2"
+    )]
     Logrho,
 }
 
@@ -153,7 +159,11 @@ impl SchedulerConfig for DEISMultistepConfig {
                 format!("DEIS supports orders 1 to 3, got {}", self.solver_order),
             ));
         }
-        check_beta_schedule(self.beta_schedule, self.trained_betas.as_deref(), Self::CLASS_NAME)?;
+        check_beta_schedule(
+            self.beta_schedule,
+            self.trained_betas.as_deref(),
+            Self::CLASS_NAME,
+        )?;
         crate::flow_match_euler_discrete::check_one_respacing(
             self.use_karras_sigmas,
             self.use_exponential_sigmas,
@@ -165,7 +175,10 @@ impl SchedulerConfig for DEISMultistepConfig {
         if self.thresholding
             && !(self.dynamic_thresholding_ratio > 0.0 && self.dynamic_thresholding_ratio <= 1.0)
         {
-            return Err(Error::config("dynamic_thresholding_ratio", "must be in (0, 1]"));
+            return Err(Error::config(
+                "dynamic_thresholding_ratio",
+                "must be in (0, 1]",
+            ));
         }
         Ok(())
     }
@@ -250,7 +263,9 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
         if let Some(mu) = request.mu {
             // diffusers asserts dynamic exponential shifting and then *stores* e^μ as the
             // config's flow_shift, which later calls without μ keep using.
-            if !(self.config.use_dynamic_shifting && self.config.time_shift_type == TimeShiftType::Exponential) {
+            if !(self.config.use_dynamic_shifting
+                && self.config.time_shift_type == TimeShiftType::Exponential)
+            {
                 return Err(Error::argument(
                     "mu",
                     "needs use_dynamic_shifting = true and time_shift_type = \"exponential\"",
@@ -258,21 +273,29 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
             }
             let shift = mu.exp();
             if !(shift.is_finite() && shift > 0.0) {
-                return Err(Error::argument("mu", format!("e^μ must be a positive number, got {shift}")));
+                return Err(Error::argument(
+                    "mu",
+                    format!("e^μ must be a positive number, got {shift}"),
+                ));
             }
             self.config.flow_shift = shift;
         }
         let cfg = &self.config;
         let t_train = cfg.num_train_timesteps;
-        let spaced: Vec<f64> =
-            spaced_timesteps(cfg.timestep_spacing, t_train, n, cfg.steps_offset).into_iter().map(|t| t as f64).collect();
+        let spaced: Vec<f64> = spaced_timesteps(cfg.timestep_spacing, t_train, n, cfg.steps_offset)
+            .into_iter()
+            .map(|t| t as f64)
+            .collect();
         let train = &self.train.sigmas;
         let log_sigmas = log_sigmas_f32(train);
         // Respacings run between the training table's ends (σ at t = 0 and t = T − 1).
         let (lo, hi) = (train[0], train[train.len() - 1]);
         let (timesteps, mut sigmas, last) = if cfg.use_karras_sigmas {
             let s = karras_sigmas(lo, hi, n, KARRAS_RHO);
-            let ts = s.iter().map(|&v| sigma_to_t_np(v, &log_sigmas).round_ties_even()).collect();
+            let ts = s
+                .iter()
+                .map(|&v| sigma_to_t_np(v, &log_sigmas).round_ties_even())
+                .collect();
             let last = s[n - 1];
             (ts, s, last)
         } else if cfg.use_exponential_sigmas || cfg.use_beta_sigmas {
@@ -282,14 +305,20 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
                 beta_sigmas(lo, hi, n, 0.6, 0.6)
             };
             // `astype(int64)` truncates the fractional timesteps.
-            let ts = s.iter().map(|&v| sigma_to_t_np(v, &log_sigmas).trunc()).collect();
+            let ts = s
+                .iter()
+                .map(|&v| sigma_to_t_np(v, &log_sigmas).trunc())
+                .collect();
             let last = s[n - 1];
             (ts, s, last)
         } else if cfg.use_flow_sigmas {
             // σ = shift(1 − α) on α = linspace(1, 1/T, n + 1), reversed, without the final 0.
             let alphas = linspace_f64(1.0, 1.0 / t_train as f64, n + 1);
-            let mut s: Vec<f64> =
-                alphas.iter().rev().map(|&a| shift_sigma(cfg.flow_shift, 1.0 - a, Precision::F64)).collect();
+            let mut s: Vec<f64> = alphas
+                .iter()
+                .rev()
+                .map(|&a| shift_sigma(cfg.flow_shift, 1.0 - a, Precision::F64))
+                .collect();
             s.truncate(n);
             let ts = s.iter().map(|&v| (v * t_train as f64).trunc()).collect();
             let last = s[n - 1];
@@ -302,9 +331,19 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
         for v in sigmas.iter_mut() {
             *v = to_f32(*v);
         }
-        check_decreasing(&sigmas, "num_inference_steps", &format!("the σ schedule for {n} steps"))?;
-        if sigmas.iter().any(|&s| s <= 0.0 || (cfg.use_flow_sigmas && s >= 1.0)) {
-            return Err(Error::argument("num_inference_steps", "every σ of the schedule must be in (0, ∞), or (0, 1) for flow sigmas"));
+        check_decreasing(
+            &sigmas,
+            "num_inference_steps",
+            &format!("the σ schedule for {n} steps"),
+        )?;
+        if sigmas
+            .iter()
+            .any(|&s| s <= 0.0 || (cfg.use_flow_sigmas && s >= 1.0))
+        {
+            return Err(Error::argument(
+                "num_inference_steps",
+                "every σ of the schedule must be in (0, ∞), or (0, 1) for flow sigmas",
+            ));
         }
         sigmas.push(to_f32(last));
         Ok((timesteps, sigmas))
@@ -317,7 +356,9 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
         let sigma = self.sigmas[i];
         let (alpha_t, sigma_t) = alpha_sigma(sigma, cfg.use_flow_sigmas);
         let x0 = match cfg.prediction_type {
-            Prediction::Epsilon => S::lin_comb(&[(1.0 / alpha_t, sample), (-sigma_t / alpha_t, model_output)]),
+            Prediction::Epsilon => {
+                S::lin_comb(&[(1.0 / alpha_t, sample), (-sigma_t / alpha_t, model_output)])
+            }
             Prediction::Sample => model_output.clone(),
             Prediction::VPrediction => S::lin_comb(&[(alpha_t, sample), (-sigma_t, model_output)]),
             Prediction::FlowPrediction => S::lin_comb(&[(1.0, sample), (-sigma, model_output)]),
@@ -336,12 +377,20 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
         self.model_outputs
             .get(len.wrapping_sub(1 + k))
             .and_then(Option::as_ref)
-            .ok_or_else(|| Error::State(format!("DEIS: model output {k} steps back is not available")))
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "DEIS: model output {k} steps back is not available"
+                ))
+            })
     }
 
     /// (α, ρ = σ_t/α_t) at σ index `i`.
     fn alpha_rho(&self, i: usize) -> Result<(f64, f64)> {
-        let sigma = self.sigmas.get(i).copied().ok_or_else(|| Error::State(format!("DEIS: σ index {i} outside the schedule")))?;
+        let sigma = self
+            .sigmas
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::State(format!("DEIS: σ index {i} outside the schedule")))?;
         let (a, s) = alpha_sigma(sigma, self.config.use_flow_sigmas);
         Ok((a, s / a))
     }
@@ -356,12 +405,18 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
                 let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[i + 1], flow);
                 let (alpha_s, sigma_s) = alpha_sigma(self.sigmas[i], flow);
                 let h = lambda(alpha_t, sigma_t) - lambda(alpha_s, sigma_s);
-                Ok(S::lin_comb(&[(alpha_t / alpha_s, sample), (-sigma_t * h.exp_m1(), m0)]))
+                Ok(S::lin_comb(&[
+                    (alpha_t / alpha_s, sample),
+                    (-sigma_t * h.exp_m1(), m0),
+                ]))
             }
             2 => {
                 let (alpha_t, rho_t) = self.alpha_rho(i + 1)?;
                 let (alpha_s0, rho_s0) = self.alpha_rho(i)?;
-                let (_, rho_s1) = self.alpha_rho(i.checked_sub(1).ok_or_else(|| Error::State("DEIS: no history".into()))?)?;
+                let (_, rho_s1) = self.alpha_rho(
+                    i.checked_sub(1)
+                        .ok_or_else(|| Error::State("DEIS: no history".into()))?,
+                )?;
                 let coef1 = ind_fn2(rho_t, rho_s0, rho_s1) - ind_fn2(rho_s0, rho_s0, rho_s1);
                 let coef2 = ind_fn2(rho_t, rho_s1, rho_s0) - ind_fn2(rho_s0, rho_s1, rho_s0);
                 // x_t = α_t (x/α_s0 + c₁ ε̂₀ + c₂ ε̂₁)
@@ -374,12 +429,18 @@ impl<S: SampleTensor> DEISMultistepScheduler<S> {
             _ => {
                 let (alpha_t, rho_t) = self.alpha_rho(i + 1)?;
                 let (alpha_s0, rho_s0) = self.alpha_rho(i)?;
-                let back = |k: usize| i.checked_sub(k).ok_or_else(|| Error::State("DEIS: no history".into()));
+                let back = |k: usize| {
+                    i.checked_sub(k)
+                        .ok_or_else(|| Error::State("DEIS: no history".into()))
+                };
                 let (_, rho_s1) = self.alpha_rho(back(1)?)?;
                 let (_, rho_s2) = self.alpha_rho(back(2)?)?;
-                let coef1 = ind_fn3(rho_t, rho_s0, rho_s1, rho_s2) - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
-                let coef2 = ind_fn3(rho_t, rho_s1, rho_s2, rho_s0) - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
-                let coef3 = ind_fn3(rho_t, rho_s2, rho_s0, rho_s1) - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
+                let coef1 = ind_fn3(rho_t, rho_s0, rho_s1, rho_s2)
+                    - ind_fn3(rho_s0, rho_s0, rho_s1, rho_s2);
+                let coef2 = ind_fn3(rho_t, rho_s1, rho_s2, rho_s0)
+                    - ind_fn3(rho_s0, rho_s1, rho_s2, rho_s0);
+                let coef3 = ind_fn3(rho_t, rho_s2, rho_s0, rho_s1)
+                    - ind_fn3(rho_s0, rho_s2, rho_s0, rho_s1);
                 Ok(S::lin_comb(&[
                     (alpha_t / alpha_s0, sample),
                     (alpha_t * coef1, m0),
@@ -441,18 +502,28 @@ impl<S: SampleTensor> Scheduler<S> for DEISMultistepScheduler<S> {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &S, timestep: f64, sample: &S, _noise: Option<&S>) -> Result<StepOutput<S>> {
+    fn step(
+        &mut self,
+        model_output: &S,
+        timestep: f64,
+        sample: &S,
+        _noise: Option<&S>,
+    ) -> Result<StepOutput<S>> {
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
         let Some(n) = self.num_inference_steps else {
-            return Err(Error::State("DEISMultistepScheduler: call set_timesteps before step".into()));
+            return Err(Error::State(
+                "DEISMultistepScheduler: call set_timesteps before step".into(),
+            ));
         };
         let i = match (self.step_index, self.begin_index) {
             (Some(i), _) | (None, Some(i)) => i,
             (None, None) => first_step_index(&self.timesteps, timestep),
         };
         if i >= n {
-            return Err(Error::State(format!("DEISMultistepScheduler: step index {i} is past the last of {n} steps")));
+            return Err(Error::State(format!(
+                "DEISMultistepScheduler: step index {i} is past the last of {n} steps"
+            )));
         }
         self.step_index = Some(i);
         let order = self.config.solver_order;
@@ -477,7 +548,10 @@ impl<S: SampleTensor> Scheduler<S> for DEISMultistepScheduler<S> {
             self.lower_order_nums += 1;
         }
         self.step_index = Some(i + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: None })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: None,
+        })
     }
 
     /// x_t = α_t x₀ + σ_t ε at the σ of each timestep (diffusers' `add_noise`).
@@ -492,7 +566,9 @@ impl<S: SampleTensor> Scheduler<S> for DEISMultistepScheduler<S> {
             timesteps,
             self.config.use_flow_sigmas,
         )?;
-        Ok(original.scale_per_sample(&alphas).add(&noise.scale_per_sample(&sigmas)))
+        Ok(original
+            .scale_per_sample(&alphas)
+            .add(&noise.scale_per_sample(&sigmas)))
     }
 
     fn step_index(&self) -> Option<usize> {
@@ -526,7 +602,10 @@ mod tests {
 
     fn assert_rel(got: &[f64], want: &[f64], tol: f64) {
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{got:?} vs {want:?}");
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 
@@ -545,11 +624,18 @@ mod tests {
     fn matches_diffusers_toy_runs() {
         // diffusers 0.42.1, float32 tensors; the residual is float32 noise.
         let mut s = sched(json!({"solver_order": 3})).unwrap();
-        assert_rel(run_toy(&mut s, 12).data(), &[16.984750747680664, -27.88410186767578], 3e-6);
+        assert_rel(
+            run_toy(&mut s, 12).data(),
+            &[16.984750747680664, -27.88410186767578],
+            3e-6,
+        );
         let mut s = sched(json!({"use_flow_sigmas": true, "prediction_type": "flow_prediction", "flow_shift": 3.0}))
             .unwrap();
         let x = run_toy(&mut s, 10);
-        assert_eq!(s.timesteps(), &[999.0, 963.0, 922.0, 874.0, 817.0, 749.0, 666.0, 562.0, 428.0, 249.0]);
+        assert_eq!(
+            s.timesteps(),
+            &[999.0, 963.0, 922.0, 874.0, 817.0, 749.0, 666.0, 562.0, 428.0, 249.0]
+        );
         assert_rel(x.data(), &[0.49118438363075256, -0.8227829933166504], 2e-5);
     }
 
@@ -579,11 +665,16 @@ mod tests {
     #[test]
     fn bad_input_is_rejected() {
         for order in [0, 4] {
-            assert!(matches!(sched(json!({"solver_order": order})), Err(Error::InvalidConfig { .. })));
+            assert!(matches!(
+                sched(json!({"solver_order": order})),
+                Err(Error::InvalidConfig { .. })
+            ));
         }
-        let e = from_config_json::<HostTensor>(&json!({"_class_name": "DEISMultistepScheduler", "solver_type": "x"}))
-            .err()
-            .unwrap();
+        let e = from_config_json::<HostTensor>(
+            &json!({"_class_name": "DEISMultistepScheduler", "solver_type": "x"}),
+        )
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("unknown variant"), "{e}");
         // diffusers' aliases are accepted and written back as deis/logrho.
         let s = from_config_json::<HostTensor>(
@@ -596,21 +687,35 @@ mod tests {
         let mut s = sched(json!({})).unwrap();
         let x = host(&[0.1, 0.2]);
         assert!(matches!(s.step(&x, 999.0, &x, None), Err(Error::State(_))));
-        assert!(matches!(s.set_timesteps(0), Err(Error::InvalidArgument { .. })));
-        assert!(s.set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5])).is_err());
+        assert!(matches!(
+            s.set_timesteps(0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5]))
+            .is_err());
         // μ needs dynamic shifting.
-        assert!(s.set_timesteps_with(&TimestepRequest::steps(4).with_mu(0.5)).is_err());
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::steps(4).with_mu(0.5))
+            .is_err());
         s.set_timesteps(3).unwrap();
         let nan = host(&[0.0, f64::INFINITY]);
-        assert!(matches!(s.step(&nan, 999.0, &x, None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&nan, 999.0, &x, None),
+            Err(Error::NonFinite { .. })
+        ));
         // More steps than the training grid can hold give repeated timesteps.
-        assert!(matches!(s.set_timesteps(1500), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.set_timesteps(1500),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 
     #[test]
     fn mu_becomes_the_flow_shift() {
         let mut s = sched(json!({"use_flow_sigmas": true, "use_dynamic_shifting": true})).unwrap();
-        s.set_timesteps_with(&TimestepRequest::steps(5).with_mu(0.7)).unwrap();
+        s.set_timesteps_with(&TimestepRequest::steps(5).with_mu(0.7))
+            .unwrap();
         assert!((s.config().flow_shift - 0.7f64.exp()).abs() < 1e-15);
         // As in diffusers, later calls without μ keep e^μ.
         let first = s.timesteps().to_vec();

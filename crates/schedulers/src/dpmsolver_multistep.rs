@@ -35,9 +35,9 @@ use crate::config::nullable::default_on_null;
 use crate::config::SchedulerConfig;
 use crate::dpm_solver::{
     check_solver_order, check_thresholding, check_timestep_count, convert_vp_output,
-    data_from_converted, first_order_update, multistep_order, multistep_update_with, neg_inf_on_null,
-    split_learned_variance, step_noise, vp_add_noise, vp_inference_schedule, AlgorithmType, Node,
-    OutputHistory, SolverType, Thresholding, VarianceType, VpLayout,
+    data_from_converted, first_order_update, multistep_order, multistep_update_with,
+    neg_inf_on_null, split_learned_variance, step_noise, vp_add_noise, vp_inference_schedule,
+    AlgorithmType, Node, OutputHistory, SolverType, Thresholding, VarianceType, VpLayout,
 };
 use crate::flow_sigmas::TimeShiftType;
 use crate::schedule::{linspace_f64, BetaSchedule, TrainSchedule};
@@ -113,7 +113,10 @@ pub struct DpmSolverMultistepConfig {
     /// update halves its second-derivative term, which makes DPM++ 3M second order; true
     /// uses the exact third-order weight (see `dpm_solver::multistep_update_with`). Written
     /// to the config only when true.
-    #[serde(deserialize_with = "default_on_null", skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        deserialize_with = "default_on_null",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub exact_third_order: bool,
     /// `learned`/`learned_range` for models that also output their variance (its channels
     /// are dropped); DDPM's fixed kinds are accepted and ignored.

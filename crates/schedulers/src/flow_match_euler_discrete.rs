@@ -92,7 +92,10 @@ impl FlowMatchEulerDiscreteConfig {
     /// shift is unset or the two lengths are equal.
     pub fn mu_for_seq_len(&self, image_seq_len: usize) -> Option<f64> {
         let (base, max) = (self.base_shift?, self.max_shift?);
-        let (l0, l1) = (self.base_image_seq_len as f64, self.max_image_seq_len as f64);
+        let (l0, l1) = (
+            self.base_image_seq_len as f64,
+            self.max_image_seq_len as f64,
+        );
         if l1 == l0 {
             return None;
         }
@@ -127,14 +130,24 @@ impl SchedulerConfig for FlowMatchEulerDiscreteConfig {
     fn validate(&self) -> Result<()> {
         check_train_timesteps(self.num_train_timesteps)?;
         if !(self.shift.is_finite() && self.shift > 0.0) {
-            return Err(Error::config("shift", format!("must be a positive number, got {}", self.shift)));
+            return Err(Error::config(
+                "shift",
+                format!("must be a positive number, got {}", self.shift),
+            ));
         }
         if let Some(t) = self.terminal() {
             if !(t.is_finite() && t < 1.0) {
-                return Err(Error::config("shift_terminal", format!("must be below 1, got {t}")));
+                return Err(Error::config(
+                    "shift_terminal",
+                    format!("must be below 1, got {t}"),
+                ));
             }
         }
-        check_one_respacing(self.use_karras_sigmas, self.use_exponential_sigmas, self.use_beta_sigmas)
+        check_one_respacing(
+            self.use_karras_sigmas,
+            self.use_exponential_sigmas,
+            self.use_beta_sigmas,
+        )
     }
 }
 
@@ -180,8 +193,11 @@ impl FlowMatchEulerDiscreteScheduler {
         config.validate()?;
         // diffusers builds the training table in float32 and shifts it unless dynamic
         // shifting will shift it per call; σ_max/σ_min are read from that table.
-        let (sigmas, timesteps) =
-            train_flow_sigmas(config.num_train_timesteps, config.shift, !config.use_dynamic_shifting);
+        let (sigmas, timesteps) = train_flow_sigmas(
+            config.num_train_timesteps,
+            config.shift,
+            !config.use_dynamic_shifting,
+        );
         // train_flow_sigmas returns T ≥ 1 entries (validated above).
         let (sigma_max, sigma_min) = (sigmas[0], sigmas[sigmas.len() - 1]);
         Ok(Self {
@@ -216,7 +232,10 @@ impl FlowMatchEulerDiscreteScheduler {
     /// Changes the constant shift used by later `set_timesteps` calls (diffusers' `set_shift`).
     pub fn set_shift(&mut self, shift: f64) -> Result<()> {
         if !(shift.is_finite() && shift > 0.0) {
-            return Err(Error::argument("shift", format!("must be a positive number, got {shift}")));
+            return Err(Error::argument(
+                "shift",
+                format!("must be a positive number, got {shift}"),
+            ));
         }
         self.shift = shift;
         Ok(())
@@ -234,7 +253,10 @@ impl FlowMatchEulerDiscreteScheduler {
             }
             (true, Some(mu)) => {
                 if !mu.is_finite() || (cfg.time_shift_type == TimeShiftType::Linear && mu <= 0.0) {
-                    return Err(Error::argument("mu", format!("invalid value {mu} for this time shift")));
+                    return Err(Error::argument(
+                        "mu",
+                        format!("invalid value {mu} for this time shift"),
+                    ));
                 }
                 Some(mu)
             }
@@ -244,12 +266,17 @@ impl FlowMatchEulerDiscreteScheduler {
         let custom_timesteps = request.timesteps.as_deref();
         if let (Some(s), Some(t)) = (custom_sigmas, custom_timesteps) {
             if s.len() != t.len() {
-                return Err(Error::argument("sigmas", "`sigmas` and `timesteps` must have the same length"));
+                return Err(Error::argument(
+                    "sigmas",
+                    "`sigmas` and `timesteps` must have the same length",
+                ));
             }
         }
         let n = match request.num_inference_steps {
             Some(n) => {
-                if custom_sigmas.is_some_and(|s| s.len() != n) || custom_timesteps.is_some_and(|t| t.len() != n) {
+                if custom_sigmas.is_some_and(|s| s.len() != n)
+                    || custom_timesteps.is_some_and(|t| t.len() != n)
+                {
                     return Err(Error::argument(
                         "num_inference_steps",
                         "custom `sigmas`/`timesteps` must have num_inference_steps entries",
@@ -257,9 +284,15 @@ impl FlowMatchEulerDiscreteScheduler {
                 }
                 n
             }
-            None => custom_sigmas.or(custom_timesteps).map(<[f64]>::len).ok_or_else(|| {
-                Error::argument("num_inference_steps", "give a step count, sigmas or timesteps")
-            })?,
+            None => custom_sigmas
+                .or(custom_timesteps)
+                .map(<[f64]>::len)
+                .ok_or_else(|| {
+                    Error::argument(
+                        "num_inference_steps",
+                        "give a step count, sigmas or timesteps",
+                    )
+                })?,
         };
         check_step_count(n)?;
         // Custom lists run from high noise to low (Mochi's `invert_sigmas` lists too: they
@@ -271,13 +304,27 @@ impl FlowMatchEulerDiscreteScheduler {
         }
         // Custom inputs are float32 numpy arrays in diffusers, and the σ formulas then run
         // in float32; the σ grid diffusers builds itself (np.linspace) is float64.
-        let custom_ts: Option<Vec<f64>> = custom_timesteps.map(|t| t.iter().map(|&x| to_f32(x)).collect());
+        let custom_ts: Option<Vec<f64>> =
+            custom_timesteps.map(|t| t.iter().map(|&x| to_f32(x)).collect());
         let (mut sigmas, p) = match (custom_sigmas, &custom_ts) {
-            (Some(s), _) => (s.iter().map(|&x| to_f32(x)).collect::<Vec<_>>(), Precision::F32),
-            (None, Some(ts)) => (ts.iter().map(|&t| to_f32(t / t_train)).collect(), Precision::F32),
+            (Some(s), _) => (
+                s.iter().map(|&x| to_f32(x)).collect::<Vec<_>>(),
+                Precision::F32,
+            ),
+            (None, Some(ts)) => (
+                ts.iter().map(|&t| to_f32(t / t_train)).collect(),
+                Precision::F32,
+            ),
             (None, None) => {
-                let grid = crate::schedule::linspace_f64(self.sigma_max * t_train, self.sigma_min * t_train, n);
-                (grid.into_iter().map(|t| t / t_train).collect(), Precision::F64)
+                let grid = crate::schedule::linspace_f64(
+                    self.sigma_max * t_train,
+                    self.sigma_min * t_train,
+                    n,
+                );
+                (
+                    grid.into_iter().map(|t| t / t_train).collect(),
+                    Precision::F64,
+                )
             }
         };
         // Shift: resolution-dependent μ, or the constant s.
@@ -290,9 +337,18 @@ impl FlowMatchEulerDiscreteScheduler {
         if let Some(terminal) = cfg.terminal() {
             stretch_to_terminal(&mut sigmas, terminal, p);
         }
-        let sigmas = respace(sigmas, cfg.use_karras_sigmas, cfg.use_exponential_sigmas, cfg.use_beta_sigmas);
+        let sigmas = respace(
+            sigmas,
+            cfg.use_karras_sigmas,
+            cfg.use_exponential_sigmas,
+            cfg.use_beta_sigmas,
+        );
         let mut sigmas: Vec<f64> = sigmas.into_iter().map(to_f32).collect();
-        let what = if custom_sigmas.is_some() { "the custom sigmas" } else { "the σ schedule" };
+        let what = if custom_sigmas.is_some() {
+            "the custom sigmas"
+        } else {
+            "the σ schedule"
+        };
         check_decreasing(&sigmas, "sigmas", what)?;
         // Timesteps: the custom ones as given (float32), else σ·T in float32.
         let mut timesteps = match custom_ts {
@@ -319,7 +375,10 @@ impl FlowMatchEulerDiscreteScheduler {
         let i = match self.begin_index {
             Some(b) => b,
             None => flow_index_for_timestep(&self.timesteps, timestep).ok_or_else(|| {
-                Error::argument("timestep", format!("{timestep} is not one of the scheduler's timesteps"))
+                Error::argument(
+                    "timestep",
+                    format!("{timestep} is not one of the scheduler's timesteps"),
+                )
             })?,
         };
         self.step_index = Some(i);
@@ -376,7 +435,13 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchEulerDiscreteScheduler {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &S, timestep: f64, sample: &S, noise: Option<&S>) -> Result<StepOutput<S>> {
+    fn step(
+        &mut self,
+        model_output: &S,
+        timestep: f64,
+        sample: &S,
+        noise: Option<&S>,
+    ) -> Result<StepOutput<S>> {
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
         if self.num_inference_steps.is_none() {
@@ -395,7 +460,10 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchEulerDiscreteScheduler {
         let (sigma, sigma_next) = (self.sigmas[i], self.sigmas[i + 1]);
         let prev_sample = if self.config.stochastic_sampling {
             let noise = noise.ok_or_else(|| {
-                Error::argument("noise", "stochastic_sampling needs standard-normal noise for every step")
+                Error::argument(
+                    "noise",
+                    "stochastic_sampling needs standard-normal noise for every step",
+                )
             })?;
             check_same_shape("noise", sample, noise)?;
             // x̂₀ = x_σ − σ v, then re-noise to σ': x_{σ'} = (1 − σ') x̂₀ + σ' ε'.
@@ -406,7 +474,10 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchEulerDiscreteScheduler {
             S::lin_comb(&[(1.0, sample), (sigma_next - sigma, model_output)])
         };
         self.step_index = Some(i + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: None })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: None,
+        })
     }
 
     /// diffusers' `scale_noise`: x_σ = σ ε + (1 − σ) x₀ at the σ of each timestep.
@@ -421,7 +492,9 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchEulerDiscreteScheduler {
             timesteps,
         )?;
         let keep: Vec<f64> = sigmas.iter().map(|s| 1.0 - s).collect();
-        Ok(noise.scale_per_sample(&sigmas).add(&original.scale_per_sample(&keep)))
+        Ok(noise
+            .scale_per_sample(&sigmas)
+            .add(&original.scale_per_sample(&keep)))
     }
 
     fn step_index(&self) -> Option<usize> {
@@ -448,7 +521,10 @@ pub(crate) fn flow_noise_sigmas(
     if timesteps.is_empty() || (timesteps.len() != 1 && timesteps.len() != batch) {
         return Err(Error::argument(
             "timesteps",
-            format!("give one timestep or one per sample ({batch}), got {}", timesteps.len()),
+            format!(
+                "give one timestep or one per sample ({batch}), got {}",
+                timesteps.len()
+            ),
         ));
     }
     let indices: Vec<usize> = match (begin_index, step_index) {
@@ -456,7 +532,10 @@ pub(crate) fn flow_noise_sigmas(
             .iter()
             .map(|&t| {
                 flow_index_for_timestep(schedule, t).ok_or_else(|| {
-                    Error::argument("timesteps", format!("{t} is not one of the scheduler's timesteps"))
+                    Error::argument(
+                        "timesteps",
+                        format!("{t} is not one of the scheduler's timesteps"),
+                    )
                 })
             })
             .collect::<Result<_>>()?,
@@ -466,7 +545,10 @@ pub(crate) fn flow_noise_sigmas(
         .into_iter()
         .map(|i| {
             sigmas.get(i).copied().ok_or_else(|| {
-                Error::State(format!("step index {i} is outside the schedule of {} σs", sigmas.len()))
+                Error::State(format!(
+                    "step index {i} is outside the schedule of {} σs",
+                    sigmas.len()
+                ))
             })
         })
         .collect()
@@ -480,7 +562,8 @@ mod tests {
     use serde_json::json;
 
     fn sched(cfg: Value) -> FlowMatchEulerDiscreteScheduler {
-        FlowMatchEulerDiscreteScheduler::from_config(crate::config::parse_config(&cfg).unwrap()).unwrap()
+        FlowMatchEulerDiscreteScheduler::from_config(crate::config::parse_config(&cfg).unwrap())
+            .unwrap()
     }
 
     fn close(a: &[f64], b: &[f64], tol: f64) {
@@ -525,8 +608,15 @@ mod tests {
     fn dynamic_shifting_needs_mu() {
         let mut s = sched(json!({"use_dynamic_shifting": true}));
         let e = Scheduler::<HostTensor>::set_timesteps(&mut s, 4).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "mu"), "{e}");
-        Scheduler::<HostTensor>::set_timesteps_with(&mut s, &TimestepRequest::steps(4).with_mu(1.1)).unwrap();
+        assert!(
+            matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "mu"),
+            "{e}"
+        );
+        Scheduler::<HostTensor>::set_timesteps_with(
+            &mut s,
+            &TimestepRequest::steps(4).with_mu(1.1),
+        )
+        .unwrap();
     }
 
     #[test]
@@ -538,7 +628,10 @@ mod tests {
         // Zero steps.
         assert!(Scheduler::<HostTensor>::set_timesteps(&mut s, 0).is_err());
         // Non-monotone custom sigmas.
-        let e = Scheduler::<HostTensor>::set_timesteps_with(&mut s, &TimestepRequest::sigmas(vec![1.0, 0.5, 0.7]));
+        let e = Scheduler::<HostTensor>::set_timesteps_with(
+            &mut s,
+            &TimestepRequest::sigmas(vec![1.0, 0.5, 0.7]),
+        );
         assert!(matches!(e, Err(Error::InvalidArgument { .. })));
         // Length mismatch with num_inference_steps.
         let mut r = TimestepRequest::sigmas(vec![1.0, 0.5]);
@@ -548,7 +641,10 @@ mod tests {
         Scheduler::<HostTensor>::set_timesteps(&mut s, 3).unwrap();
         let t0 = Scheduler::<HostTensor>::timesteps(&s)[0];
         let nan = HostTensor::new(vec![1, 2], vec![f64::NAN, 0.0]).unwrap();
-        assert!(matches!(s.step(&nan, t0, &x, None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&nan, t0, &x, None),
+            Err(Error::NonFinite { .. })
+        ));
         // A timestep that is not in the schedule.
         assert!(s.step(&x, 123.4, &x, None).is_err());
     }
@@ -576,7 +672,10 @@ mod tests {
         Scheduler::<HostTensor>::set_timesteps(&mut s, 2).unwrap();
         let x = HostTensor::zeros(&[1, 2]);
         let t0 = Scheduler::<HostTensor>::timesteps(&s)[0];
-        assert!(matches!(s.step(&x, t0, &x, None), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.step(&x, t0, &x, None),
+            Err(Error::InvalidArgument { .. })
+        ));
         let n = HostTensor::new(vec![1, 2], vec![1.0, -1.0]).unwrap();
         assert!(s.step(&x, t0, &x, Some(&n)).is_ok());
     }
@@ -598,7 +697,8 @@ mod tests {
         assert_eq!(back["shift"], json!(3.0));
         assert_eq!(back["foo"], json!(1));
         assert_eq!(s.prediction(), Prediction::FlowPrediction);
-        let bad = json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "time_shift_type": "cubic"});
+        let bad =
+            json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "time_shift_type": "cubic"});
         assert!(from_config_json::<HostTensor>(&bad).is_err());
     }
 }

@@ -42,7 +42,11 @@ pub struct FlowMatchHeunDiscreteConfig {
 
 impl Default for FlowMatchHeunDiscreteConfig {
     fn default() -> Self {
-        Self { num_train_timesteps: 1000, shift: 1.0, extra: Map::new() }
+        Self {
+            num_train_timesteps: 1000,
+            shift: 1.0,
+            extra: Map::new(),
+        }
     }
 }
 
@@ -54,7 +58,10 @@ impl SchedulerConfig for FlowMatchHeunDiscreteConfig {
     fn validate(&self) -> Result<()> {
         check_train_timesteps(self.num_train_timesteps)?;
         if !(self.shift.is_finite() && self.shift > 0.0) {
-            return Err(Error::config("shift", format!("must be a positive number, got {}", self.shift)));
+            return Err(Error::config(
+                "shift",
+                format!("must be a positive number, got {}", self.shift),
+            ));
         }
         Ok(())
     }
@@ -194,17 +201,30 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchHeunDiscreteScheduler<S> {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &S, timestep: f64, sample: &S, _noise: Option<&S>) -> Result<StepOutput<S>> {
+    fn step(
+        &mut self,
+        model_output: &S,
+        timestep: f64,
+        sample: &S,
+        _noise: Option<&S>,
+    ) -> Result<StepOutput<S>> {
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
         if self.num_inference_steps.is_none() {
-            return Err(Error::State("FlowMatchHeunDiscreteScheduler: call set_timesteps before step".into()));
+            return Err(Error::State(
+                "FlowMatchHeunDiscreteScheduler: call set_timesteps before step".into(),
+            ));
         }
         let i = match (self.step_index, self.begin_index) {
             (Some(i), _) | (None, Some(i)) => i,
-            (None, None) => flow_index_for_timestep(&self.timesteps, timestep).ok_or_else(|| {
-                Error::argument("timestep", format!("{timestep} is not one of the scheduler's timesteps"))
-            })?,
+            (None, None) => {
+                flow_index_for_timestep(&self.timesteps, timestep).ok_or_else(|| {
+                    Error::argument(
+                        "timestep",
+                        format!("{timestep} is not one of the scheduler's timesteps"),
+                    )
+                })?
+            }
         };
         if i >= self.timesteps.len() {
             return Err(Error::State(format!(
@@ -237,7 +257,10 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchHeunDiscreteScheduler<S> {
             }
         };
         self.step_index = Some(i + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: None })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: None,
+        })
     }
 
     /// diffusers' `scale_noise`: x_σ = σ ε + (1 − σ) x₀.
@@ -256,7 +279,9 @@ impl<S: SampleTensor> Scheduler<S> for FlowMatchHeunDiscreteScheduler<S> {
             timesteps,
         )?;
         let keep: Vec<f64> = sigmas.iter().map(|s| 1.0 - s).collect();
-        Ok(noise.scale_per_sample(&sigmas).add(&original.scale_per_sample(&keep)))
+        Ok(noise
+            .scale_per_sample(&sigmas)
+            .add(&original.scale_per_sample(&keep)))
     }
 
     fn step_index(&self) -> Option<usize> {
@@ -317,7 +342,11 @@ mod tests {
             let v = HostTensor::lin_comb(&[(0.3, &x), (0.5, &r)]);
             x = s.step(&v, t, &x, None).unwrap().prev_sample;
         }
-        for (g, w) in x.data().iter().zip([0.4325294494628906, -0.7168272137641907]) {
+        for (g, w) in x
+            .data()
+            .iter()
+            .zip([0.4325294494628906, -0.7168272137641907])
+        {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
     }
@@ -336,7 +365,10 @@ mod tests {
         for (g, w) in x.data().iter().zip(x0.data()) {
             assert!((g - w).abs() < 1e-12);
         }
-        assert!(!s.state_in_first_order(), "the last Euler step leaves dt set, as in diffusers");
+        assert!(
+            !s.state_in_first_order(),
+            "the last Euler step leaves dt set, as in diffusers"
+        );
     }
 
     #[test]
@@ -344,12 +376,22 @@ mod tests {
         let mut s = sched(json!({}));
         let x = host(&[0.1, 0.2]);
         assert!(matches!(s.step(&x, 1000.0, &x, None), Err(Error::State(_))));
-        assert!(matches!(s.set_timesteps(0), Err(Error::InvalidArgument { .. })));
-        assert!(s.set_timesteps_with(&TimestepRequest::sigmas(vec![1.0, 0.5])).is_err());
-        assert!(s.set_timesteps_with(&TimestepRequest::steps(3).with_mu(1.0)).is_err());
+        assert!(matches!(
+            s.set_timesteps(0),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::sigmas(vec![1.0, 0.5]))
+            .is_err());
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::steps(3).with_mu(1.0))
+            .is_err());
         s.set_timesteps(3).unwrap();
         let nan = host(&[f64::NAN, 0.0]);
-        assert!(matches!(s.step(&nan, 1000.0, &x, None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&nan, 1000.0, &x, None),
+            Err(Error::NonFinite { .. })
+        ));
         assert!(parse_config::<FlowMatchHeunDiscreteConfig>(&json!({"shift": -1.0})).is_err());
     }
 }

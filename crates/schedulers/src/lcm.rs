@@ -303,7 +303,11 @@ impl<S: SampleTensor> Scheduler<S> for LcmScheduler {
         };
 
         // 1. The next timestep of the schedule (the current one after the last).
-        let prev_t = i.checked_add(1).and_then(|j| self.timesteps_int.get(j)).copied().unwrap_or(t);
+        let prev_t = i
+            .checked_add(1)
+            .and_then(|j| self.timesteps_int.get(j))
+            .copied()
+            .unwrap_or(t);
 
         // 2. ᾱ_t, ᾱ_{t'} (float32, as diffusers).
         let alpha_prod_t = self.acp[t as usize];

@@ -52,10 +52,13 @@ pub static SCHEDULERS: std::sync::LazyLock<Vec<SchedulerInfo>> = std::sync::Lazy
 /// Builds a scheduler from a diffusers `scheduler_config.json` value; `_class_name` picks
 /// the type.
 pub fn from_config_json<S: SampleTensor>(json: &Value) -> Result<Box<dyn Scheduler<S>>> {
-    let name = json.get("_class_name").and_then(Value::as_str).ok_or_else(|| Error::Parse {
-        what: "scheduler config".into(),
-        message: "missing `_class_name`".into(),
-    })?;
+    let name = json
+        .get("_class_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Error::Parse {
+            what: "scheduler config".into(),
+            message: "missing `_class_name`".into(),
+        })?;
     build::<S>(name, json)
 }
 
@@ -65,7 +68,9 @@ pub fn from_class_name<S: SampleTensor>(
     class_name: &str,
     base: Option<&Value>,
 ) -> Result<Box<dyn Scheduler<S>>> {
-    let mut json = base.cloned().unwrap_or_else(|| Value::Object(Default::default()));
+    let mut json = base
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
     if let Some(obj) = json.as_object_mut() {
         obj.insert("_class_name".into(), Value::String(class_name.into()));
     }
@@ -82,8 +87,10 @@ pub fn swap<S: SampleTensor>(
 
 /// Reads a `scheduler_config.json` file and builds the scheduler it names.
 pub fn load_config_file<S: SampleTensor>(path: &std::path::Path) -> Result<Box<dyn Scheduler<S>>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Io { path: path.display().to_string(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
     let json = crate::config::parse_config_text(&text, &path.display().to_string())?;
     from_config_json(&json)
 }
@@ -97,7 +104,10 @@ pub fn save_config_file<S: SampleTensor>(
 ) -> Result<()> {
     let text = crate::config::config_to_text(&scheduler.config_json());
     let tmp = path.with_extension("json.tmp");
-    let io = |e| Error::Io { path: path.display().to_string(), source: e };
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
     std::fs::write(&tmp, text + "\n").map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
@@ -106,31 +116,47 @@ fn build<S: SampleTensor>(name: &str, json: &Value) -> Result<Box<dyn Scheduler<
     #[allow(unused_macros)]
     macro_rules! make {
         ($ty:ty) => {
-            Ok(Box::new(<$ty>::from_config(crate::config::parse_config(json)?)?))
+            Ok(Box::new(<$ty>::from_config(crate::config::parse_config(
+                json,
+            )?)?))
         };
     }
     match name {
         // REGISTRY-BUILD (one arm per scheduler)
-        "DPMSolverMultistepScheduler" => make!(crate::dpmsolver_multistep::DpmSolverMultistepScheduler<S>),
-        "DPMSolverSinglestepScheduler" => make!(crate::dpmsolver_singlestep::DpmSolverSinglestepScheduler<S>),
+        "DPMSolverMultistepScheduler" => {
+            make!(crate::dpmsolver_multistep::DpmSolverMultistepScheduler<S>)
+        }
+        "DPMSolverSinglestepScheduler" => {
+            make!(crate::dpmsolver_singlestep::DpmSolverSinglestepScheduler<S>)
+        }
         "EDMEulerScheduler" => make!(crate::edm_euler::EdmEulerScheduler),
-        "EDMDPMSolverMultistepScheduler" => make!(crate::edm_dpmsolver_multistep::EdmDpmSolverMultistepScheduler<S>),
+        "EDMDPMSolverMultistepScheduler" => {
+            make!(crate::edm_dpmsolver_multistep::EdmDpmSolverMultistepScheduler<S>)
+        }
         "EulerDiscreteScheduler" => make!(crate::euler_discrete::EulerDiscreteScheduler),
-        "EulerAncestralDiscreteScheduler" => make!(crate::euler_ancestral_discrete::EulerAncestralDiscreteScheduler),
+        "EulerAncestralDiscreteScheduler" => {
+            make!(crate::euler_ancestral_discrete::EulerAncestralDiscreteScheduler)
+        }
         "HeunDiscreteScheduler" => make!(crate::heun_discrete::HeunDiscreteScheduler<S>),
         "LMSDiscreteScheduler" => make!(crate::lms_discrete::LmsDiscreteScheduler<S>),
         "KDPM2DiscreteScheduler" => make!(crate::k_dpm_2_discrete::KDpm2DiscreteScheduler<S>),
-        "KDPM2AncestralDiscreteScheduler" => make!(crate::k_dpm_2_ancestral_discrete::KDpm2AncestralDiscreteScheduler<S>),
+        "KDPM2AncestralDiscreteScheduler" => {
+            make!(crate::k_dpm_2_ancestral_discrete::KDpm2AncestralDiscreteScheduler<S>)
+        }
         "UniPCMultistepScheduler" => make!(crate::unipc_multistep::UniPCMultistepScheduler<S>),
         "DEISMultistepScheduler" => make!(crate::deis_multistep::DEISMultistepScheduler<S>),
-        "FlowMatchHeunDiscreteScheduler" => make!(crate::flow_match_heun_discrete::FlowMatchHeunDiscreteScheduler<S>),
+        "FlowMatchHeunDiscreteScheduler" => {
+            make!(crate::flow_match_heun_discrete::FlowMatchHeunDiscreteScheduler<S>)
+        }
         "DDPMScheduler" => make!(crate::ddpm::DdpmScheduler),
         "DDIMScheduler" => make!(crate::ddim::DdimScheduler),
         "DDIMInverseScheduler" => make!(crate::ddim_inverse::DdimInverseScheduler),
         "PNDMScheduler" => make!(crate::pndm::PndmScheduler<S>),
         "LCMScheduler" => make!(crate::lcm::LcmScheduler),
         "TCDScheduler" => make!(crate::tcd::TcdScheduler),
-        "FlowMatchEulerDiscreteScheduler" => make!(crate::flow_match_euler_discrete::FlowMatchEulerDiscreteScheduler),
+        "FlowMatchEulerDiscreteScheduler" => {
+            make!(crate::flow_match_euler_discrete::FlowMatchEulerDiscreteScheduler)
+        }
         _ => Err(Error::unknown(
             "scheduler",
             name,

@@ -522,7 +522,11 @@ where
         // corrector diverge; in image dimensions the two agree (norms concentrate).
         let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let (gn, zn) = (mean(per_sample_norms(&g)), mean(per_sample_norms(&z)));
-        let eps = vec![if gn > 0.0 { 2.0 * alpha * (c.snr * zn / gn).powi(2) } else { 0.0 }];
+        let eps = vec![if gn > 0.0 {
+            2.0 * alpha * (c.snr * zn / gn).powi(2)
+        } else {
+            0.0
+        }];
         let noise_scale: Vec<f64> = eps.iter().map(|e| (2.0 * e).sqrt()).collect();
         x = x
             .add(&g.scale_per_sample(&eps))

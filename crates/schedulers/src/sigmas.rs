@@ -9,12 +9,18 @@ pub const KARRAS_RHO: f64 = 7.0;
 /// Karras et al. (2022) eq. 5: σ_i = (σ_max^{1/ρ} + i/(n−1)·(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
 pub fn karras_sigmas(sigma_min: f64, sigma_max: f64, n: usize, rho: f64) -> Vec<f64> {
     let (lo, hi) = (sigma_min.powf(1.0 / rho), sigma_max.powf(1.0 / rho));
-    linspace_f64(0.0, 1.0, n).into_iter().map(|r| (hi + r * (lo - hi)).powf(rho)).collect()
+    linspace_f64(0.0, 1.0, n)
+        .into_iter()
+        .map(|r| (hi + r * (lo - hi)).powf(rho))
+        .collect()
 }
 
 /// σ evenly spaced in log σ from σ_max down to σ_min.
 pub fn exponential_sigmas(sigma_min: f64, sigma_max: f64, n: usize) -> Vec<f64> {
-    linspace_f64(sigma_max.ln(), sigma_min.ln(), n).into_iter().map(f64::exp).collect()
+    linspace_f64(sigma_max.ln(), sigma_min.ln(), n)
+        .into_iter()
+        .map(f64::exp)
+        .collect()
 }
 
 /// "Beta sampling is all you need" (Lee et al. 2024): σ_i = σ_min + F⁻¹(1 − i/(n−1))·(σ_max − σ_min)
@@ -38,8 +44,15 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     }
     // low_idx = last index with log_sigma >= log_sigmas[i] (argmax of the cumulative count),
     // clipped to n − 2; with no such index numpy's argmax gives 0.
-    let count = log_sigmas.iter().filter(|&&ls| log_sigma - ls >= 0.0).count();
-    let low_idx = if count == 0 { 0 } else { (count - 1).min(n - 2) };
+    let count = log_sigmas
+        .iter()
+        .filter(|&&ls| log_sigma - ls >= 0.0)
+        .count();
+    let low_idx = if count == 0 {
+        0
+    } else {
+        (count - 1).min(n - 2)
+    };
     let high_idx = low_idx + 1;
     let (low, high) = (log_sigmas[low_idx], log_sigmas[high_idx]);
     let w = ((low - log_sigma) / (low - high)).clamp(0.0, 1.0);

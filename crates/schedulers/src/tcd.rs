@@ -318,7 +318,11 @@ impl<S: SampleTensor> Scheduler<S> for TcdScheduler {
         // 1. t' (0 after the last step) and s = ⌊(1 − γ) t'⌋, in float32 as torch computes
         //    `floor((1 - eta) * prev_timestep)` (an f64 product can land on the other side of
         //    an integer).
-        let prev_t = i.checked_add(1).and_then(|j| self.timesteps_int.get(j)).copied().unwrap_or(0);
+        let prev_t = i
+            .checked_add(1)
+            .and_then(|j| self.timesteps_int.get(j))
+            .copied()
+            .unwrap_or(0);
         let s = (((1.0 - eta) as f32) * prev_t as f32).floor() as i64;
 
         // 2. ᾱ_t, ᾱ_{t'}, ᾱ_s (float32, as diffusers).

@@ -61,9 +61,9 @@ use crate::flow_sigmas::{shift_sigma, stretch_to_terminal, time_shift, Precision
 use crate::schedule::{linspace_f64, BetaSchedule};
 use crate::sigmas::{beta_sigmas, exponential_sigmas, interp, karras_sigmas, KARRAS_RHO};
 use crate::vp_solver::{
-    alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps, dynamic_threshold, lambda, log_sigmas_f32,
-    first_step_index, noise_levels, sigma_to_t_np, solve_dense, spaced_timesteps, to_f32,
-    FinalSigmasType, TimestepSpacing, VpTrainTable,
+    alpha_sigma, check_beta_schedule, check_decreasing, check_step_count, check_train_timesteps,
+    dynamic_threshold, first_step_index, lambda, log_sigmas_f32, noise_levels, sigma_to_t_np,
+    solve_dense, spaced_timesteps, to_f32, FinalSigmasType, TimestepSpacing, VpTrainTable,
 };
 
 /// UniPC's `solver_type`: the choice of B(h) (paper §3.3).
@@ -193,21 +193,34 @@ impl SchedulerConfig for UniPCMultistepConfig {
         if !(1..=3).contains(&self.solver_order) {
             return Err(Error::config(
                 "solver_order",
-                format!("Ember's UniPC supports orders 1 to 3, got {}", self.solver_order),
+                format!(
+                    "Ember's UniPC supports orders 1 to 3, got {}",
+                    self.solver_order
+                ),
             ));
         }
-        check_beta_schedule(self.beta_schedule, self.trained_betas.as_deref(), Self::CLASS_NAME)?;
+        check_beta_schedule(
+            self.beta_schedule,
+            self.trained_betas.as_deref(),
+            Self::CLASS_NAME,
+        )?;
         crate::flow_match_euler_discrete::check_one_respacing(
             self.use_karras_sigmas,
             self.use_exponential_sigmas,
             self.use_beta_sigmas,
         )?;
         if self.shift_terminal.is_some() && !self.use_flow_sigmas {
-            return Err(Error::config("shift_terminal", "is only supported with use_flow_sigmas = true"));
+            return Err(Error::config(
+                "shift_terminal",
+                "is only supported with use_flow_sigmas = true",
+            ));
         }
         if let Some(t) = self.shift_terminal.filter(|&t| t != 0.0) {
             if !(t.is_finite() && t < 1.0) {
-                return Err(Error::config("shift_terminal", format!("must be below 1, got {t}")));
+                return Err(Error::config(
+                    "shift_terminal",
+                    format!("must be below 1, got {t}"),
+                ));
             }
         }
         if !self.predict_x0 && self.prediction_type == Prediction::FlowPrediction {
@@ -217,7 +230,10 @@ impl SchedulerConfig for UniPCMultistepConfig {
             ));
         }
         if self.solver_p.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(Error::config("solver_p", "an external predictor is not supported; use null"));
+            return Err(Error::config(
+                "solver_p",
+                "an external predictor is not supported; use null",
+            ));
         }
         if !(self.flow_shift.is_finite() && self.flow_shift > 0.0) {
             return Err(Error::config("flow_shift", "must be a positive number"));
@@ -225,7 +241,10 @@ impl SchedulerConfig for UniPCMultistepConfig {
         if self.thresholding
             && !(self.dynamic_thresholding_ratio > 0.0 && self.dynamic_thresholding_ratio <= 1.0)
         {
-            return Err(Error::config("dynamic_thresholding_ratio", "must be in (0, 1]"));
+            return Err(Error::config(
+                "dynamic_thresholding_ratio",
+                "must be in (0, 1]",
+            ));
         }
         for (name, v) in [("sigma_min", self.sigma_min), ("sigma_max", self.sigma_max)] {
             if v.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
@@ -312,7 +331,10 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         let cfg = &self.config;
         let t_train = cfg.num_train_timesteps;
         if cfg.use_dynamic_shifting && request.mu.is_none() {
-            return Err(Error::argument("mu", "must be given when `use_dynamic_shifting` is enabled"));
+            return Err(Error::argument(
+                "mu",
+                "must be given when `use_dynamic_shifting` is enabled",
+            ));
         }
         if request.timesteps.is_some() {
             return Err(Error::argument(
@@ -322,31 +344,49 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         }
         let custom = request.sigmas.as_deref();
         if custom.is_some() && !cfg.use_flow_sigmas {
-            return Err(Error::argument("sigmas", "custom sigmas are only supported with use_flow_sigmas = true"));
+            return Err(Error::argument(
+                "sigmas",
+                "custom sigmas are only supported with use_flow_sigmas = true",
+            ));
         }
         let n = match (custom, request.num_inference_steps) {
             (Some(s), Some(n)) if s.len() != n => {
-                return Err(Error::argument("num_inference_steps", "must equal the number of custom sigmas"))
+                return Err(Error::argument(
+                    "num_inference_steps",
+                    "must equal the number of custom sigmas",
+                ))
             }
             (Some(s), _) => s.len(),
             (None, Some(n)) => n,
-            (None, None) => return Err(Error::argument("num_inference_steps", "give a step count or sigmas")),
+            (None, None) => {
+                return Err(Error::argument(
+                    "num_inference_steps",
+                    "give a step count or sigmas",
+                ))
+            }
         };
         check_step_count(n)?;
         if let Some(s) = custom {
             check_decreasing(s, "sigmas", "the custom sigmas")?;
             if s.iter().any(|v| *v <= 0.0) {
-                return Err(Error::argument("sigmas", "custom sigmas must be positive (the final σ is appended)"));
+                return Err(Error::argument(
+                    "sigmas",
+                    "custom sigmas must be positive (the final σ is appended)",
+                ));
             }
         }
-        let spaced: Vec<f64> =
-            spaced_timesteps(cfg.timestep_spacing, t_train, n, cfg.steps_offset).into_iter().map(|t| t as f64).collect();
+        let spaced: Vec<f64> = spaced_timesteps(cfg.timestep_spacing, t_train, n, cfg.steps_offset)
+            .into_iter()
+            .map(|t| t as f64)
+            .collect();
         let final_sigma = |sigmas: &[f64], sigma_min: f64| match cfg.final_sigmas_type {
             FinalSigmasType::SigmaMin => sigmas.last().copied().unwrap_or(sigma_min),
             FinalSigmasType::Zero => 0.0,
         };
         // The σ table the respacings start from: the custom σs, or the float32 training σs.
-        let base: Vec<f64> = custom.map(<[f64]>::to_vec).unwrap_or_else(|| self.train.sigmas.clone());
+        let base: Vec<f64> = custom
+            .map(<[f64]>::to_vec)
+            .unwrap_or_else(|| self.train.sigmas.clone());
         let log_base: Vec<f64> = match custom {
             Some(c) => c.iter().map(|s| s.ln()).collect(),
             None => log_sigmas_f32(&self.train.sigmas),
@@ -366,7 +406,9 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
                 s = s.iter().map(|&v| v / (v + 1.0)).collect();
                 s.iter().map(|&v| (v * t_train as f64).trunc()).collect()
             } else {
-                s.iter().map(|&v| sigma_to_t_np(v, &log_base).round_ties_even()).collect()
+                s.iter()
+                    .map(|&v| sigma_to_t_np(v, &log_base).round_ties_even())
+                    .collect()
             };
             let last = final_sigma(&s, 0.0);
             (ts, s, last)
@@ -378,7 +420,10 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
                 beta_sigmas(lo, hi, n, 0.6, 0.6)
             };
             // `astype(int64)` truncates the fractional timesteps.
-            let ts = s.iter().map(|&v| sigma_to_t_np(v, &log_base).trunc()).collect();
+            let ts = s
+                .iter()
+                .map(|&v| sigma_to_t_np(v, &log_base).trunc())
+                .collect();
             let last = final_sigma(&s, 0.0);
             (ts, s, last)
         } else if cfg.use_flow_sigmas {
@@ -409,7 +454,10 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
             (ts, s, last)
         } else {
             let idx: Vec<f64> = (0..t_train).map(|t| t as f64).collect();
-            let s: Vec<f64> = spaced.iter().map(|&t| interp(t, &idx, &self.train.sigmas)).collect();
+            let s: Vec<f64> = spaced
+                .iter()
+                .map(|&t| interp(t, &idx, &self.train.sigmas))
+                .collect();
             let last = match cfg.final_sigmas_type {
                 FinalSigmasType::SigmaMin => self.train.sigmas[0],
                 FinalSigmasType::Zero => 0.0,
@@ -419,10 +467,20 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         for v in sigmas.iter_mut() {
             *v = to_f32(*v);
         }
-        let argument = if custom.is_some() { "sigmas" } else { "num_inference_steps" };
+        let argument = if custom.is_some() {
+            "sigmas"
+        } else {
+            "num_inference_steps"
+        };
         check_decreasing(&sigmas, argument, &format!("the σ schedule for {n} steps"))?;
-        if sigmas.iter().any(|&s| s <= 0.0 || (cfg.use_flow_sigmas && s >= 1.0)) {
-            return Err(Error::argument(argument, "every σ of the schedule must be in (0, ∞), or (0, 1) for flow sigmas"));
+        if sigmas
+            .iter()
+            .any(|&s| s <= 0.0 || (cfg.use_flow_sigmas && s >= 1.0))
+        {
+            return Err(Error::argument(
+                argument,
+                "every σ of the schedule must be in (0, ∞), or (0, 1) for flow sigmas",
+            ));
         }
         sigmas.push(to_f32(last));
         Ok((timesteps, sigmas))
@@ -437,10 +495,14 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         if cfg.predict_x0 {
             let x0 = match cfg.prediction_type {
                 // x̂₀ = (x − σ_t ε̂)/α_t
-                Prediction::Epsilon => S::lin_comb(&[(1.0 / alpha_t, sample), (-sigma_t / alpha_t, model_output)]),
+                Prediction::Epsilon => {
+                    S::lin_comb(&[(1.0 / alpha_t, sample), (-sigma_t / alpha_t, model_output)])
+                }
                 Prediction::Sample => model_output.clone(),
                 // x̂₀ = α_t x − σ_t v
-                Prediction::VPrediction => S::lin_comb(&[(alpha_t, sample), (-sigma_t, model_output)]),
+                Prediction::VPrediction => {
+                    S::lin_comb(&[(alpha_t, sample), (-sigma_t, model_output)])
+                }
                 // x̂₀ = x − σ v (v = ε − x₀)
                 Prediction::FlowPrediction => S::lin_comb(&[(1.0, sample), (-sigma, model_output)]),
             };
@@ -453,9 +515,13 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
             match cfg.prediction_type {
                 Prediction::Epsilon => model_output.clone(),
                 // ε̂ = (x − α_t x̂₀)/σ_t
-                Prediction::Sample => S::lin_comb(&[(1.0 / sigma_t, sample), (-alpha_t / sigma_t, model_output)]),
+                Prediction::Sample => {
+                    S::lin_comb(&[(1.0 / sigma_t, sample), (-alpha_t / sigma_t, model_output)])
+                }
                 // ε̂ = α_t v + σ_t x
-                Prediction::VPrediction => S::lin_comb(&[(alpha_t, model_output), (sigma_t, sample)]),
+                Prediction::VPrediction => {
+                    S::lin_comb(&[(alpha_t, model_output), (sigma_t, sample)])
+                }
                 // Rejected by validate(): flow prediction needs predict_x0. Treat v as is.
                 Prediction::FlowPrediction => model_output.clone(),
             }
@@ -468,20 +534,32 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         self.model_outputs
             .get(len.wrapping_sub(1 + k))
             .and_then(Option::as_ref)
-            .ok_or_else(|| Error::State(format!("UniPC: model output {k} steps back is not available")))
+            .ok_or_else(|| {
+                Error::State(format!(
+                    "UniPC: model output {k} steps back is not available"
+                ))
+            })
     }
 
     fn lambda_at(&self, i: usize) -> Result<f64> {
-        let sigma = self.sigmas.get(i).copied().ok_or_else(|| {
-            Error::State(format!("UniPC: σ index {i} outside the schedule"))
-        })?;
+        let sigma = self
+            .sigmas
+            .get(i)
+            .copied()
+            .ok_or_else(|| Error::State(format!("UniPC: σ index {i} outside the schedule")))?;
         let (a, s) = alpha_sigma(sigma, self.config.use_flow_sigmas);
         Ok(lambda(a, s))
     }
 
     /// The UniP (predictor, `corrector = false`) or UniC coefficients for a step from σ
     /// index `s0` to `t` of order `order`, where the history points s_k = s0 − k.
-    fn coefficients(&self, t: usize, s0: usize, order: usize, corrector: bool) -> Result<UniCoefficients> {
+    fn coefficients(
+        &self,
+        t: usize,
+        s0: usize,
+        order: usize,
+        corrector: bool,
+    ) -> Result<UniCoefficients> {
         let cfg = &self.config;
         let flow = cfg.use_flow_sigmas;
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[t], flow);
@@ -496,14 +574,24 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
                 (sigma_t / sigma_s0, alpha_t)
             } else {
                 // σ_t(e^h − 1) = α_t σ_s0/α_s0 − σ_t, finite: x_t = (α_t/α_s0)(x − σ_s0 ε̂).
-                (alpha_t / alpha_s0, -(alpha_t * sigma_s0 / alpha_s0 - sigma_t))
+                (
+                    alpha_t / alpha_s0,
+                    -(alpha_t * sigma_s0 / alpha_s0 - sigma_t),
+                )
             };
-            return Ok(UniCoefficients { c_x, c_m0, c_d: vec![], c_dt: 0.0 });
+            return Ok(UniCoefficients {
+                c_x,
+                c_m0,
+                c_d: vec![],
+                c_dt: 0.0,
+            });
         }
         // r_k = (λ_{s_k} − λ_s0)/h for the older points, and r = 1 for the new one.
         let mut rks = Vec::with_capacity(order);
         for k in 1..order {
-            let sk = s0.checked_sub(k).ok_or_else(|| Error::State("UniPC: history shorter than the order".into()))?;
+            let sk = s0
+                .checked_sub(k)
+                .ok_or_else(|| Error::State("UniPC: history shorter than the order".into()))?;
             rks.push((self.lambda_at(sk)? - lambda_s0) / h);
         }
         rks.push(1.0);
@@ -525,9 +613,12 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
         }
         // R_{ik} = r_k^{i}, i = 0..order.
         let r_matrix = |size: usize| -> Vec<Vec<f64>> {
-            (0..size).map(|i| rks[..size].iter().map(|r| r.powi(i as i32)).collect()).collect()
+            (0..size)
+                .map(|i| rks[..size].iter().map(|r| r.powi(i as i32)).collect())
+                .collect()
         };
-        let singular = || Error::State("UniPC: singular order-condition system (repeated σ?)".into());
+        let singular =
+            || Error::State("UniPC: singular order-condition system (repeated σ?)".into());
         let rhos: Vec<f64> = if corrector {
             if order == 1 {
                 vec![0.5]
@@ -538,16 +629,32 @@ impl<S: SampleTensor> UniPCMultistepScheduler<S> {
             match order {
                 1 => vec![],
                 2 => vec![0.5],
-                _ => solve_dense(r_matrix(order - 1), b[..order - 1].to_vec()).ok_or_else(singular)?,
+                _ => solve_dense(r_matrix(order - 1), b[..order - 1].to_vec())
+                    .ok_or_else(singular)?,
             }
         };
         // x_t = (σ_t/σ_s0) x − α_t hφ₁ m₀ − α_t B(h) [Σ ρ_k D_k / r_k (+ ρ_p D_t)]   (x₀ form)
         // x_t = (α_t/α_s0) x − σ_t hφ₁ m₀ − σ_t B(h) [ ... ]                       (ε form)
-        let (c_x, scale) = if cfg.predict_x0 { (sigma_t / sigma_s0, alpha_t) } else { (alpha_t / alpha_s0, sigma_t) };
+        let (c_x, scale) = if cfg.predict_x0 {
+            (sigma_t / sigma_s0, alpha_t)
+        } else {
+            (alpha_t / alpha_s0, sigma_t)
+        };
         let c_m0 = -scale * h_phi_1;
-        let c_d: Vec<f64> = (0..order - 1).map(|k| -scale * b_h * rhos[k] / rks[k]).collect();
-        let c_dt = if corrector { -scale * b_h * rhos[order - 1] } else { 0.0 };
-        Ok(UniCoefficients { c_x, c_m0, c_d, c_dt })
+        let c_d: Vec<f64> = (0..order - 1)
+            .map(|k| -scale * b_h * rhos[k] / rks[k])
+            .collect();
+        let c_dt = if corrector {
+            -scale * b_h * rhos[order - 1]
+        } else {
+            0.0
+        };
+        Ok(UniCoefficients {
+            c_x,
+            c_m0,
+            c_d,
+            c_dt,
+        })
     }
 
     /// Applies coefficients to (x, m₀, D_k, D_t).
@@ -623,11 +730,19 @@ impl<S: SampleTensor> Scheduler<S> for UniPCMultistepScheduler<S> {
         Ok(sample.clone())
     }
 
-    fn step(&mut self, model_output: &S, timestep: f64, sample: &S, _noise: Option<&S>) -> Result<StepOutput<S>> {
+    fn step(
+        &mut self,
+        model_output: &S,
+        timestep: f64,
+        sample: &S,
+        _noise: Option<&S>,
+    ) -> Result<StepOutput<S>> {
         check_finite("model_output", model_output)?;
         check_same_shape("model_output", sample, model_output)?;
         let Some(n) = self.num_inference_steps else {
-            return Err(Error::State("UniPCMultistepScheduler: call set_timesteps before step".into()));
+            return Err(Error::State(
+                "UniPCMultistepScheduler: call set_timesteps before step".into(),
+            ));
         };
         let i = match (self.step_index, self.begin_index) {
             (Some(i), _) | (None, Some(i)) => i,
@@ -659,7 +774,11 @@ impl<S: SampleTensor> Scheduler<S> for UniPCMultistepScheduler<S> {
         self.model_outputs.push(Some(converted));
 
         // UniP: predict the next sample with order ≤ the available history.
-        let mut this_order = if self.config.lower_order_final { order.min(n - i) } else { order };
+        let mut this_order = if self.config.lower_order_final {
+            order.min(n - i)
+        } else {
+            order
+        };
         this_order = this_order.min(self.lower_order_nums + 1);
         if self.sigmas[i + 1] == 0.0 {
             // See the module docs: only the first-order update is finite at σ = 0.
@@ -674,7 +793,10 @@ impl<S: SampleTensor> Scheduler<S> for UniPCMultistepScheduler<S> {
             self.lower_order_nums += 1;
         }
         self.step_index = Some(i + 1);
-        Ok(StepOutput { prev_sample, pred_original_sample: None })
+        Ok(StepOutput {
+            prev_sample,
+            pred_original_sample: None,
+        })
     }
 
     /// x_t = α_t x₀ + σ_t ε at the σ of each timestep (diffusers' `add_noise`).
@@ -689,7 +811,9 @@ impl<S: SampleTensor> Scheduler<S> for UniPCMultistepScheduler<S> {
             timesteps,
             self.config.use_flow_sigmas,
         )?;
-        Ok(original.scale_per_sample(&alphas).add(&noise.scale_per_sample(&sigmas)))
+        Ok(original
+            .scale_per_sample(&alphas)
+            .add(&noise.scale_per_sample(&sigmas)))
     }
 
     fn step_index(&self) -> Option<usize> {
@@ -735,7 +859,10 @@ mod tests {
 
     fn assert_rel(got: &[f64], want: &[f64], tol: f64) {
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{got:?} vs {want:?}");
+            assert!(
+                (g - w).abs() <= tol * w.abs().max(1.0),
+                "{got:?} vs {want:?}"
+            );
         }
     }
 
@@ -744,21 +871,40 @@ mod tests {
         // diffusers 0.42.1, float32 tensors (tools/reference venv); the residual is float32 noise.
         let mut s = sched(json!({})).unwrap();
         let x = run_toy(&mut s, 10);
-        assert_eq!(s.timesteps(), &[999.0, 899.0, 799.0, 699.0, 599.0, 500.0, 400.0, 300.0, 200.0, 100.0]);
+        assert_eq!(
+            s.timesteps(),
+            &[999.0, 899.0, 799.0, 699.0, 599.0, 500.0, 400.0, 300.0, 200.0, 100.0]
+        );
         assert_rel(x.data(), &[16.173542022705078, -26.5524959564209], 2e-6);
 
-        let mut s = sched(json!({"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min"})).unwrap();
-        assert_rel(run_toy(&mut s, 12).data(), &[15.717379570007324, -25.804954528808594], 2e-6);
-
-        let mut s = sched(json!({"predict_x0": false, "solver_order": 3, "final_sigmas_type": "sigma_min",
-                                 "prediction_type": "v_prediction"}))
+        let mut s = sched(
+            json!({"solver_order": 3, "solver_type": "bh1", "final_sigmas_type": "sigma_min"}),
+        )
         .unwrap();
-        assert_rel(run_toy(&mut s, 9).data(), &[0.2903941869735718, -0.46375900506973267], 2e-6);
+        assert_rel(
+            run_toy(&mut s, 12).data(),
+            &[15.717379570007324, -25.804954528808594],
+            2e-6,
+        );
+
+        let mut s = sched(
+            json!({"predict_x0": false, "solver_order": 3, "final_sigmas_type": "sigma_min",
+                                 "prediction_type": "v_prediction"}),
+        )
+        .unwrap();
+        assert_rel(
+            run_toy(&mut s, 9).data(),
+            &[0.2903941869735718, -0.46375900506973267],
+            2e-6,
+        );
 
         let mut s = sched(json!({"use_flow_sigmas": true, "prediction_type": "flow_prediction", "flow_shift": 3.0}))
             .unwrap();
         let x = run_toy(&mut s, 10);
-        assert_eq!(s.timesteps(), &[999.0, 964.0, 923.0, 875.0, 818.0, 750.0, 667.0, 563.0, 429.0, 251.0]);
+        assert_eq!(
+            s.timesteps(),
+            &[999.0, 964.0, 923.0, 875.0, 818.0, 750.0, 667.0, 563.0, 429.0, 251.0]
+        );
         assert_rel(x.data(), &[0.4302889406681061, -0.712780237197876], 2e-6);
     }
 
@@ -792,19 +938,29 @@ mod tests {
     fn solver_order_outside_1_to_3_is_rejected() {
         for order in [0, 4] {
             let e = sched(json!({"solver_order": order})).err().unwrap();
-            assert!(matches!(e, Error::InvalidConfig { ref field, .. } if field == "solver_order"), "{e}");
+            assert!(
+                matches!(e, Error::InvalidConfig { ref field, .. } if field == "solver_order"),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn solver_type_names() {
-        let e = from_config_json::<HostTensor>(&json!({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh3"}))
-            .err()
-            .unwrap();
-        assert!(matches!(e, Error::Parse { .. }) && e.to_string().contains("unknown variant"), "{e}");
+        let e = from_config_json::<HostTensor>(
+            &json!({"_class_name": "UniPCMultistepScheduler", "solver_type": "bh3"}),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(e, Error::Parse { .. }) && e.to_string().contains("unknown variant"),
+            "{e}"
+        );
         // diffusers rewrites DPM-Solver's names to bh2.
-        let s = from_config_json::<HostTensor>(&json!({"_class_name": "UniPCMultistepScheduler", "solver_type": "midpoint"}))
-            .unwrap();
+        let s = from_config_json::<HostTensor>(
+            &json!({"_class_name": "UniPCMultistepScheduler", "solver_type": "midpoint"}),
+        )
+        .unwrap();
         assert_eq!(s.config_json()["solver_type"], json!("bh2"));
         assert_eq!(s.config_json()["solver_p"], Value::Null);
     }
@@ -814,26 +970,47 @@ mod tests {
         let mut s = sched(json!({})).unwrap();
         let x = host(&[0.1, 0.2]);
         assert!(matches!(s.step(&x, 999.0, &x, None), Err(Error::State(_))));
-        assert!(matches!(s.set_timesteps(0), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(
+            s.set_timesteps(0),
+            Err(Error::InvalidArgument { .. })
+        ));
         // Custom sigmas need use_flow_sigmas; custom timesteps are not supported.
-        assert!(s.set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5])).is_err());
-        assert!(s.set_timesteps_with(&TimestepRequest::timesteps(vec![900.0, 500.0])).is_err());
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5]))
+            .is_err());
+        assert!(s
+            .set_timesteps_with(&TimestepRequest::timesteps(vec![900.0, 500.0]))
+            .is_err());
         s.set_timesteps(5).unwrap();
         let nan = host(&[f64::NAN, 0.0]);
-        assert!(matches!(s.step(&nan, 999.0, &x, None), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            s.step(&nan, 999.0, &x, None),
+            Err(Error::NonFinite { .. })
+        ));
         let wrong_shape = host(&[0.1, 0.2, 0.3]);
-        assert!(matches!(s.step(&wrong_shape, 999.0, &x, None), Err(Error::Shape { .. })));
+        assert!(matches!(
+            s.step(&wrong_shape, 999.0, &x, None),
+            Err(Error::Shape { .. })
+        ));
 
-        let mut f = sched(json!({"use_flow_sigmas": true, "prediction_type": "flow_prediction"})).unwrap();
-        let e = f.set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5, 0.7])).unwrap_err();
+        let mut f =
+            sched(json!({"use_flow_sigmas": true, "prediction_type": "flow_prediction"})).unwrap();
+        let e = f
+            .set_timesteps_with(&TimestepRequest::sigmas(vec![0.9, 0.5, 0.7]))
+            .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-        f.set_timesteps_with(&TimestepRequest::sigmas(vec![1.0, 0.7, 0.4])).unwrap();
+        f.set_timesteps_with(&TimestepRequest::sigmas(vec![1.0, 0.7, 0.4]))
+            .unwrap();
         assert_eq!(f.timesteps(), &[999.0, 700.0, 400.0]);
 
         let mut d = sched(json!({"use_flow_sigmas": true, "use_dynamic_shifting": true})).unwrap();
         let e = d.set_timesteps(4).unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "mu"), "{e}");
-        d.set_timesteps_with(&TimestepRequest::steps(4).with_mu(0.5)).unwrap();
+        assert!(
+            matches!(e, Error::InvalidArgument { ref argument, .. } if argument == "mu"),
+            "{e}"
+        );
+        d.set_timesteps_with(&TimestepRequest::steps(4).with_mu(0.5))
+            .unwrap();
     }
 
     #[test]
@@ -849,7 +1026,8 @@ mod tests {
     fn repeated_first_timestep_runs_to_the_end() {
         // Karras σs on the cosine schedule round to [999, 999, 998, 993, 837, 0] (diffusers
         // 0.42.1), which diffusers cannot run to completion.
-        let mut s = sched(json!({"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": true})).unwrap();
+        let mut s = sched(json!({"beta_schedule": "squaredcos_cap_v2", "use_karras_sigmas": true}))
+            .unwrap();
         s.set_timesteps(6).unwrap();
         assert_eq!(s.timesteps(), &[999.0, 999.0, 998.0, 993.0, 837.0, 0.0]);
         let mut x = host(&[0.3, -0.2]);
@@ -881,6 +1059,13 @@ mod tests {
         let fresh = sched(json!({})).unwrap();
         let y = fresh.add_noise(&x0, &eps, &[0.0]).unwrap();
         let acp0 = fresh.train.alphas_cumprod[0];
-        assert_rel(y.data(), &[acp0.sqrt() + 0.5 * (1.0 - acp0).sqrt(), 2.0 * acp0.sqrt() - 0.5 * (1.0 - acp0).sqrt()], 1e-6);
+        assert_rel(
+            y.data(),
+            &[
+                acp0.sqrt() + 0.5 * (1.0 - acp0).sqrt(),
+                2.0 * acp0.sqrt() - 0.5 * (1.0 - acp0).sqrt(),
+            ],
+            1e-6,
+        );
     }
 }

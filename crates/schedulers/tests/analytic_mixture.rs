@@ -35,13 +35,22 @@ fn sd(mut extra: Value, class: &str) -> Value {
 /// The exact model output, in the parameterisation `prediction`, for a VP-scaled input
 /// `x_in = x_ve/√(1 + σ²)` at VE noise level σ: the library's `AnalyticDenoiser` on a
 /// one-entry time table, so it answers at exactly σ whatever timestep it is told.
-fn exact_output_at(mixture: &GaussianMixture, prediction: Prediction, x_in: &HostTensor, sigma: f64) -> HostTensor {
+fn exact_output_at(
+    mixture: &GaussianMixture,
+    prediction: Prediction,
+    x_in: &HostTensor,
+    sigma: f64,
+) -> HostTensor {
     let model = AnalyticDenoiser {
         mixture: mixture.clone(),
-        time: TimeScale::Discrete { log_sigmas: vec![sigma.ln()] },
+        time: TimeScale::Discrete {
+            log_sigmas: vec![sigma.ln()],
+        },
         prediction,
     };
-    model.predict(x_in, 0.0).expect("discrete time scale answers every prediction but flow")
+    model
+        .predict(x_in, 0.0)
+        .expect("discrete time scale answers every prediction but flow")
 }
 
 fn dot(a: &HostTensor, b: &HostTensor) -> f64 {
@@ -74,7 +83,9 @@ fn model_output(
     let c = dot(&x_in, x) / dot(x, x);
     let identity = (c - 1.0).abs() <= 1e-13;
     match by_config.time {
-        TimeScale::Edm { .. } | TimeScale::Flow { .. } => by_config.predict(&x_in, t).expect("predict"),
+        TimeScale::Edm { .. } | TimeScale::Flow { .. } => {
+            by_config.predict(&x_in, t).expect("predict")
+        }
         TimeScale::Discrete { .. } if !identity => {
             let sigma = (1.0 / (c * c) - 1.0).max(0.0).sqrt();
             exact_output_at(mixture, s.prediction(), &x_in, sigma)
@@ -100,24 +111,54 @@ fn pf_rhs(mixture: &GaussianMixture, x: &HostTensor, s: f64) -> HostTensor {
 }
 
 /// Classical RK4 for the PF-ODE from σ_from to σ_to in `steps` equal steps of ln σ.
-fn pf_ode_rk4(mixture: &GaussianMixture, x: &HostTensor, sigma_from: f64, sigma_to: f64, steps: usize) -> HostTensor {
+fn pf_ode_rk4(
+    mixture: &GaussianMixture,
+    x: &HostTensor,
+    sigma_from: f64,
+    sigma_to: f64,
+    steps: usize,
+) -> HostTensor {
     let (s0, s1) = (sigma_from.ln(), sigma_to.ln());
     let h = (s1 - s0) / steps as f64;
     let mut x = x.clone();
     for i in 0..steps {
         let s = s0 + h * i as f64;
         let k1 = pf_rhs(mixture, &x, s);
-        let k2 = pf_rhs(mixture, &HostTensor::lin_comb(&[(1.0, &x), (h / 2.0, &k1)]), s + h / 2.0);
-        let k3 = pf_rhs(mixture, &HostTensor::lin_comb(&[(1.0, &x), (h / 2.0, &k2)]), s + h / 2.0);
-        let k4 = pf_rhs(mixture, &HostTensor::lin_comb(&[(1.0, &x), (h, &k3)]), s + h);
-        x = HostTensor::lin_comb(&[(1.0, &x), (h / 6.0, &k1), (h / 3.0, &k2), (h / 3.0, &k3), (h / 6.0, &k4)]);
+        let k2 = pf_rhs(
+            mixture,
+            &HostTensor::lin_comb(&[(1.0, &x), (h / 2.0, &k1)]),
+            s + h / 2.0,
+        );
+        let k3 = pf_rhs(
+            mixture,
+            &HostTensor::lin_comb(&[(1.0, &x), (h / 2.0, &k2)]),
+            s + h / 2.0,
+        );
+        let k4 = pf_rhs(
+            mixture,
+            &HostTensor::lin_comb(&[(1.0, &x), (h, &k3)]),
+            s + h,
+        );
+        x = HostTensor::lin_comb(&[
+            (1.0, &x),
+            (h / 6.0, &k1),
+            (h / 3.0, &k2),
+            (h / 3.0, &k3),
+            (h / 6.0, &k4),
+        ]);
     }
     x
 }
 
 fn rms(a: &HostTensor, b: &HostTensor) -> f64 {
     let n = a.data().len() as f64;
-    (a.data().iter().zip(b.data()).map(|(x, y)| (x - y).powi(2)).sum::<f64>() / n).sqrt()
+    (a.data()
+        .iter()
+        .zip(b.data())
+        .map(|(x, y)| (x - y).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
 }
 
 /// Whether the scheduler's sample is x₀ + σ ε (σ-space) or (x₀ + σ ε)/√(1 + σ²) (VP).
@@ -145,8 +186,15 @@ struct Run {
 /// is singular; every solver finishes with x̂₀ = D(x, σ_min), whose error does not shrink
 /// with n (σ_min is fixed). Stopping at σ_min compares like with like. It also leaves out the
 /// `lower_order_final` last step of the multistep solvers.
-fn run_to_sigma_min(cfg: &Value, n: usize, frame: Frame, warmup: usize, mixture: &GaussianMixture) -> Run {
-    let mut s = ember_schedulers::from_config_json::<HostTensor>(cfg).unwrap_or_else(|e| panic!("{cfg}: {e}"));
+fn run_to_sigma_min(
+    cfg: &Value,
+    n: usize,
+    frame: Frame,
+    warmup: usize,
+    mixture: &GaussianMixture,
+) -> Run {
+    let mut s = ember_schedulers::from_config_json::<HostTensor>(cfg)
+        .unwrap_or_else(|e| panic!("{cfg}: {e}"));
     s.set_timesteps(n).unwrap();
     let sig = s.sigmas().expect("σ table").to_vec();
     let ts = s.timesteps().to_vec();
@@ -169,7 +217,14 @@ fn run_to_sigma_min(cfg: &Value, n: usize, frame: Frame, warmup: usize, mixture:
             warm = to_ve(&x, sig[k + 1]);
         }
     }
-    Run { start, sigma_start: sig[0], warm, sigma_warm: sig[warmup], end: to_ve(&x, sig[evals]), sigma_end: sig[evals] }
+    Run {
+        start,
+        sigma_start: sig[0],
+        warm,
+        sigma_warm: sig[warmup],
+        end: to_ve(&x, sig[evals]),
+        sigma_end: sig[evals],
+    }
 }
 
 /// Least-squares slope of ln(error) against ln(steps), negated: the observed order.
@@ -197,12 +252,33 @@ fn order_cases() -> Vec<OrderCase> {
     let karras = |class: &str, extra: Value| sd(extra, class);
     vec![
         // Euler's method: order 1.
-        OrderCase { label: "Euler", cfg: karras("EulerDiscreteScheduler", json!({"use_karras_sigmas": true})), frame: Frame::Ve, theory: 1.0, warmup: 0 },
+        OrderCase {
+            label: "Euler",
+            cfg: karras("EulerDiscreteScheduler", json!({"use_karras_sigmas": true})),
+            frame: Frame::Ve,
+            theory: 1.0,
+            warmup: 0,
+        },
         // Heun's method (explicit trapezoid, Karras et al. 2022 Alg. 1): order 2.
-        OrderCase { label: "Heun", cfg: karras("HeunDiscreteScheduler", json!({"use_karras_sigmas": true})), frame: Frame::Ve, theory: 2.0, warmup: 0 },
+        OrderCase {
+            label: "Heun",
+            cfg: karras("HeunDiscreteScheduler", json!({"use_karras_sigmas": true})),
+            frame: Frame::Ve,
+            theory: 2.0,
+            warmup: 0,
+        },
         // DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): order 2; its first-order first step
         // has local error O(h²), which does not lower that.
-        OrderCase { label: "DPM++ 2M", cfg: karras("DPMSolverMultistepScheduler", json!({"use_karras_sigmas": true, "solver_order": 2})), frame: Frame::Vp, theory: 2.0, warmup: 1 },
+        OrderCase {
+            label: "DPM++ 2M",
+            cfg: karras(
+                "DPMSolverMultistepScheduler",
+                json!({"use_karras_sigmas": true, "solver_order": 2}),
+            ),
+            frame: Frame::Vp,
+            theory: 2.0,
+            warmup: 1,
+        },
         // UniPC with solver_order 2, bh2, data prediction, corrector on: the predictor UniP-2
         // is order 2 and UniC raises the order of the corrected states to p + 1 = 3 (Zhao et
         // al. 2023, Thm 3.2; diffusers: "the effective order of accuracy is solver_order + 1
@@ -211,7 +287,16 @@ fn order_cases() -> Vec<OrderCase> {
         // order-1 prediction is corrected by UniC-1 at the next step (local O(h³)), so the
         // start-up does not lower the order. (No separate warm-up check: the corrector
         // rewrites the state after the fact.)
-        OrderCase { label: "UniPC-2 (bh2, UniC)", cfg: karras("UniPCMultistepScheduler", json!({"use_karras_sigmas": true, "solver_order": 2})), frame: Frame::Vp, theory: 3.0, warmup: 0 },
+        OrderCase {
+            label: "UniPC-2 (bh2, UniC)",
+            cfg: karras(
+                "UniPCMultistepScheduler",
+                json!({"use_karras_sigmas": true, "solver_order": 2}),
+            ),
+            frame: Frame::Vp,
+            theory: 3.0,
+            warmup: 0,
+        },
         // DPM-Solver++(3M): order 3 (started, as in diffusers, by a first- and a second-order
         // step; the start-up's error is reported separately and is two orders of magnitude
         // below the total here, so it does not decide the slope). diffusers' update halves
@@ -219,8 +304,26 @@ fn order_cases() -> Vec<OrderCase> {
         // found: with diffusers' weights the method is second order (2.5 over 16–128 steps,
         // the h³ term still visible; diffusers itself measures 2.49). `exact_third_order`
         // restores order 3; the default keeps diffusers' numbers.
-        OrderCase { label: "DPM++ 3M (exact)", cfg: karras("DPMSolverMultistepScheduler", json!({"use_karras_sigmas": true, "solver_order": 3, "exact_third_order": true})), frame: Frame::Vp, theory: 3.0, warmup: 2 },
-        OrderCase { label: "DPM++ 3M (diffusers)", cfg: karras("DPMSolverMultistepScheduler", json!({"use_karras_sigmas": true, "solver_order": 3})), frame: Frame::Vp, theory: 2.5, warmup: 2 },
+        OrderCase {
+            label: "DPM++ 3M (exact)",
+            cfg: karras(
+                "DPMSolverMultistepScheduler",
+                json!({"use_karras_sigmas": true, "solver_order": 3, "exact_third_order": true}),
+            ),
+            frame: Frame::Vp,
+            theory: 3.0,
+            warmup: 2,
+        },
+        OrderCase {
+            label: "DPM++ 3M (diffusers)",
+            cfg: karras(
+                "DPMSolverMultistepScheduler",
+                json!({"use_karras_sigmas": true, "solver_order": 3}),
+            ),
+            frame: Frame::Vp,
+            theory: 2.5,
+            warmup: 2,
+        },
     ]
 }
 
@@ -235,7 +338,11 @@ fn deterministic_solvers_converge_to_the_pf_ode_at_their_order() {
     let mut failures = vec![];
     for case in order_cases() {
         let class = case.cfg["_class_name"].as_str().unwrap();
-        assert!(registered(class), "{class} ({}) is not registered", case.label);
+        assert!(
+            registered(class),
+            "{class} ({}) is not registered",
+            case.label
+        );
         let (mut full, mut after, mut warm) = (vec![], vec![], vec![]);
         for &n in &ORDER_STEPS {
             let run = run_to_sigma_min(&case.cfg, n, case.frame, case.warmup, &mixture);
@@ -245,17 +352,27 @@ fn deterministic_solvers_converge_to_the_pf_ode_at_their_order() {
             let reference = pf_ode_rk4(&mixture, &run.start, run.sigma_start, run.sigma_end, 2000);
             let finer = pf_ode_rk4(&mixture, &run.start, run.sigma_start, run.sigma_end, 4000);
             let err = rms(&run.end, &reference);
-            assert!(rms(&reference, &finer) < 1e-3 * err, "{}: reference not converged", case.label);
+            assert!(
+                rms(&reference, &finer) < 1e-3 * err,
+                "{}: reference not converged",
+                case.label
+            );
             full.push(err);
             if case.warmup > 0 {
                 // The same, from the solver's state after its start-up steps.
-                let from_warm = pf_ode_rk4(&mixture, &run.warm, run.sigma_warm, run.sigma_end, 2000);
+                let from_warm =
+                    pf_ode_rk4(&mixture, &run.warm, run.sigma_warm, run.sigma_end, 2000);
                 after.push(rms(&run.end, &from_warm));
                 warm.push(rms(&from_warm, &reference));
             }
         }
         let order = fitted_order(&ORDER_STEPS, &full);
-        report.push(format!("{:<22} full run: errors {:?} -> order {:.2}", case.label, sci(&full), order));
+        report.push(format!(
+            "{:<22} full run: errors {:?} -> order {:.2}",
+            case.label,
+            sci(&full),
+            order
+        ));
         // Convergence itself: the error falls at every doubling.
         if !full.windows(2).all(|w| w[1] < w[0]) {
             failures.push(format!("{}: error does not decrease: {full:?}", case.label));
@@ -265,7 +382,10 @@ fn deterministic_solvers_converge_to_the_pf_ode_at_their_order() {
         let mut expect = |what: &str, errors: &[f64], theory: f64| {
             let o = fitted_order(&ORDER_STEPS, errors);
             if (o - theory).abs() > 0.3 {
-                failures.push(format!("{} {what}: measured order {o:.2}, theory {theory} (errors {errors:?})", case.label));
+                failures.push(format!(
+                    "{} {what}: measured order {o:.2}, theory {theory} (errors {errors:?})",
+                    case.label
+                ));
             }
         };
         expect("full run", &full, case.theory);
@@ -273,8 +393,14 @@ fn deterministic_solvers_converge_to_the_pf_ode_at_their_order() {
             // Diagnostics: the error made after the lower-order start-up steps (reference
             // started from the solver's own state there), and the start-up's error carried
             // to σ_min by the exact flow.
-            report.push(format!("{:<22}   after start-up: {:?} -> order {:.2}; start-up error: {:?} -> order {:.2}",
-                "", sci(&after), fitted_order(&ORDER_STEPS, &after), sci(&warm), fitted_order(&ORDER_STEPS, &warm)));
+            report.push(format!(
+                "{:<22}   after start-up: {:?} -> order {:.2}; start-up error: {:?} -> order {:.2}",
+                "",
+                sci(&after),
+                fitted_order(&ORDER_STEPS, &after),
+                sci(&warm),
+                fitted_order(&ORDER_STEPS, &warm)
+            ));
         }
     }
     for line in report {
@@ -291,18 +417,49 @@ fn k_diffusion_ode_solvers_converge_at_their_order() {
     use ember_schedulers::k_diffusion as kd;
     let mixture = GaussianMixture::demo_2d();
     let (sigma_min, sigma_max) = (0.0292, 14.6);
-    type Solver = fn(&mut dyn FnMut(&HostTensor, f64) -> ember_core::Result<HostTensor>, HostTensor, &[f64]) -> ember_core::Result<HostTensor>;
+    type Solver = fn(
+        &mut dyn FnMut(&HostTensor, f64) -> ember_core::Result<HostTensor>,
+        HostTensor,
+        &[f64],
+    ) -> ember_core::Result<HostTensor>;
     let solvers: [(&str, Solver, f64); 5] = [
-        ("k-diffusion euler", |m, x, s| kd::sample_euler(m, x, s), 1.0),
+        (
+            "k-diffusion euler",
+            |m, x, s| kd::sample_euler(m, x, s),
+            1.0,
+        ),
         ("k-diffusion heun", |m, x, s| kd::sample_heun(m, x, s), 2.0),
-        ("k-diffusion dpm_2", |m, x, s| kd::sample_dpm_2(m, x, s), 2.0),
-        ("k-diffusion dpmpp_2m", |m, x, s| kd::sample_dpmpp_2m(m, x, s), 2.0),
+        (
+            "k-diffusion dpm_2",
+            |m, x, s| kd::sample_dpm_2(m, x, s),
+            2.0,
+        ),
+        (
+            "k-diffusion dpmpp_2m",
+            |m, x, s| kd::sample_dpmpp_2m(m, x, s),
+            2.0,
+        ),
         // η = 0: the deterministic DPM-Solver++(2S).
-        ("k-diffusion dpmpp_2s (η = 0)", |m, x, s| kd::sample_dpmpp_2s_ancestral(m, x, s, 0.0, 1.0, &mut |_| unreachable!("η = 0 draws no noise")), 2.0),
+        (
+            "k-diffusion dpmpp_2s (η = 0)",
+            |m, x, s| {
+                kd::sample_dpmpp_2s_ancestral(m, x, s, 0.0, 1.0, &mut |_| {
+                    unreachable!("η = 0 draws no noise")
+                })
+            },
+            2.0,
+        ),
     ];
-    let x0 = NoiseSource::new(2024).initial_noise(&[64, 2], 0).scale(sigma_max);
+    let x0 = NoiseSource::new(2024)
+        .initial_noise(&[64, 2], 0)
+        .scale(sigma_max);
     let reference = pf_ode_rk4(&mixture, &x0, sigma_max, sigma_min, 2000);
-    assert!(rms(&reference, &pf_ode_rk4(&mixture, &x0, sigma_max, sigma_min, 4000)) < 1e-10);
+    assert!(
+        rms(
+            &reference,
+            &pf_ode_rk4(&mixture, &x0, sigma_max, sigma_min, 4000)
+        ) < 1e-10
+    );
     let mut failures = vec![];
     for (label, solver, theory) in solvers {
         let errors: Vec<f64> = ORDER_STEPS
@@ -310,14 +467,20 @@ fn k_diffusion_ode_solvers_converge_at_their_order() {
             .map(|&n| {
                 let mut sig = kd::get_sigmas_karras(n, sigma_min, sigma_max, 7.0).unwrap();
                 sig.pop();
-                let mut model = |x: &HostTensor, sigma: f64| Ok(mixture.posterior_mean(x, 1.0, sigma));
+                let mut model =
+                    |x: &HostTensor, sigma: f64| Ok(mixture.posterior_mean(x, 1.0, sigma));
                 rms(&solver(&mut model, x0.clone(), &sig).unwrap(), &reference)
             })
             .collect();
         let order = fitted_order(&ORDER_STEPS, &errors);
-        println!("{label:<30} errors {:?} -> order {order:.2} (theory {theory})", sci(&errors));
+        println!(
+            "{label:<30} errors {:?} -> order {order:.2} (theory {theory})",
+            sci(&errors)
+        );
         if (order - theory).abs() > 0.3 {
-            failures.push(format!("{label}: measured order {order:.2}, theory {theory}"));
+            failures.push(format!(
+                "{label}: measured order {order:.2}, theory {theory}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -346,7 +509,10 @@ impl Stats {
     fn of(x: &HostTensor, mixture: &GaussianMixture) -> Stats {
         let d = x.data();
         let n = (d.len() / 2) as f64;
-        let mean = [d.iter().step_by(2).sum::<f64>() / n, d.iter().skip(1).step_by(2).sum::<f64>() / n];
+        let mean = [
+            d.iter().step_by(2).sum::<f64>() / n,
+            d.iter().skip(1).step_by(2).sum::<f64>() / n,
+        ];
         let mut cov = [0.0; 3];
         for p in d.chunks(2) {
             let (a, b) = (p[0] - mean[0], p[1] - mean[1]);
@@ -361,13 +527,21 @@ impl Stats {
         Stats { mean, cov, weights }
     }
     fn values(&self) -> Vec<f64> {
-        let mut v = vec![self.mean[0], self.mean[1], self.cov[0], self.cov[1], self.cov[2]];
+        let mut v = vec![
+            self.mean[0],
+            self.mean[1],
+            self.cov[0],
+            self.cov[1],
+            self.cov[2],
+        ];
         v.extend(&self.weights);
         v
     }
 }
 
-const NAMES: [&str; 8] = ["mean x", "mean y", "cov xx", "cov xy", "cov yy", "weight 0", "weight 1", "weight 2"];
+const NAMES: [&str; 8] = [
+    "mean x", "mean y", "cov xx", "cov xy", "cov yy", "weight 0", "weight 1", "weight 2",
+];
 
 /// The statistics of the true mixture and the per-sample standard deviation of each
 /// statistic's estimator (so its standard error over m samples is sd/√m).
@@ -388,7 +562,11 @@ fn truth(mixture: &GaussianMixture) -> Truth {
     let x = mixture.sample(n_ref, &mut rng);
     let (mu, c) = (mixture.mean(), mixture.covariance());
     let empirical = Stats::of(&x, mixture);
-    let stats = Stats { mean: [mu[0], mu[1]], cov: [c[0], c[1], c[3]], weights: empirical.weights.clone() };
+    let stats = Stats {
+        mean: [mu[0], mu[1]],
+        cov: [c[0], c[1], c[3]],
+        weights: empirical.weights.clone(),
+    };
     // sd of each estimator's summand: the coordinate, the centred products, the indicators.
     let d = x.data();
     let mut sums = vec![0.0; 5];
@@ -401,7 +579,11 @@ fn truth(mixture: &GaussianMixture) -> Truth {
     }
     let mut sd: Vec<f64> = sums.iter().map(|s| (s / n_ref as f64).sqrt()).collect();
     sd.extend(stats.weights.iter().map(|p| (p * (1.0 - p)).sqrt()));
-    Truth { stats, sd, n_ref: n_ref as f64 }
+    Truth {
+        stats,
+        sd,
+        n_ref: n_ref as f64,
+    }
 }
 
 /// Checks sampled statistics against the truth. Tolerance per statistic:
@@ -409,7 +591,13 @@ fn truth(mixture: &GaussianMixture) -> Truth {
 /// — five standard errors of a 4,096-sample estimate (two-sided false-alarm rate 6e-7 per
 /// statistic, ~1e-5 over the whole test) combined with the reference's own Monte-Carlo error,
 /// plus the discretisation bias allowed at the step count used (see `bias_allowance`).
-fn check(label: &str, x: &HostTensor, mixture: &GaussianMixture, truth: &Truth, bias: f64) -> Vec<String> {
+fn check(
+    label: &str,
+    x: &HostTensor,
+    mixture: &GaussianMixture,
+    truth: &Truth,
+    bias: f64,
+) -> Vec<String> {
     assert!(x.all_finite(), "{label}: non-finite samples");
     let got = Stats::of(x, mixture).values();
     let want = truth.stats.values();
@@ -421,10 +609,20 @@ fn check(label: &str, x: &HostTensor, mixture: &GaussianMixture, truth: &Truth, 
         let dev = got[i] - want[i];
         line.push_str(&format!(" {:+.1}σ", dev / se));
         if dev.abs() > tol {
-            failures.push(format!("{label}: {} = {:.4}, truth {:.4} (|Δ| = {:.4} > tol {:.4} = 5 SE {:.4} + bias)", NAMES[i], got[i], want[i], dev.abs(), tol, 5.0 * se));
+            failures.push(format!(
+                "{label}: {} = {:.4}, truth {:.4} (|Δ| = {:.4} > tol {:.4} = 5 SE {:.4} + bias)",
+                NAMES[i],
+                got[i],
+                want[i],
+                dev.abs(),
+                tol,
+                5.0 * se
+            ));
         }
     }
-    let worst = (0..got.len()).map(|i| ((got[i] - want[i]) / truth.sd[i]).abs()).fold(0.0, f64::max);
+    let worst = (0..got.len())
+        .map(|i| ((got[i] - want[i]) / truth.sd[i]).abs())
+        .fold(0.0, f64::max);
     println!("{line}   max |Δ|/sd {worst:.4}");
     failures
 }
@@ -442,8 +640,10 @@ const BIAS: f64 = 0.05;
 
 /// The standard sampling loop, as a pipeline runs it.
 fn sample_with(cfg: &Value, steps: usize, mixture: &GaussianMixture, seed: u64) -> HostTensor {
-    let mut s = ember_schedulers::from_config_json::<HostTensor>(cfg).unwrap_or_else(|e| panic!("{cfg}: {e}"));
-    s.set_timesteps(steps).unwrap_or_else(|e| panic!("{cfg}: {e}"));
+    let mut s = ember_schedulers::from_config_json::<HostTensor>(cfg)
+        .unwrap_or_else(|e| panic!("{cfg}: {e}"));
+    s.set_timesteps(steps)
+        .unwrap_or_else(|e| panic!("{cfg}: {e}"));
     let by_config = AnalyticDenoiser::for_config(mixture.clone(), &s.config_json()).unwrap();
     let noise = NoiseSource::new(seed);
     let shape = [N, 2];
@@ -452,7 +652,10 @@ fn sample_with(cfg: &Value, steps: usize, mixture: &GaussianMixture, seed: u64) 
     for (k, t) in s.timesteps().to_vec().into_iter().enumerate() {
         let out = model_output(&mut s, mixture, &by_config, &x, t, k);
         let z = stochastic.then(|| noise.step_noise(&shape, 0, k as u64));
-        x = s.step(&out, t, &x, z.as_ref()).unwrap_or_else(|e| panic!("{cfg} step {k}: {e}")).prev_sample;
+        x = s
+            .step(&out, t, &x, z.as_ref())
+            .unwrap_or_else(|e| panic!("{cfg} step {k}: {e}"))
+            .prev_sample;
     }
     x
 }
@@ -463,14 +666,41 @@ fn named_stochastic() -> Vec<(&'static str, Value, usize)> {
     vec![
         // clip_sample (on by default, for images in [−1, 1]) would clip x̂₀ of this data
         // (means at ±1.5): off.
-        ("DDPMScheduler", json!({"_class_name": "DDPMScheduler", "clip_sample": false}), 100),
+        (
+            "DDPMScheduler",
+            json!({"_class_name": "DDPMScheduler", "clip_sample": false}),
+            100,
+        ),
         // DDIM with η = 1 (diffusers' step kwarg, passed as a config key): DDPM's posterior.
-        ("DDIMScheduler", json!({"_class_name": "DDIMScheduler", "eta": 1.0, "clip_sample": false}), 100),
-        ("EulerAncestralDiscreteScheduler", sd(json!({}), "EulerAncestralDiscreteScheduler"), 100),
-        ("KDPM2AncestralDiscreteScheduler", sd(json!({}), "KDPM2AncestralDiscreteScheduler"), 50),
-        ("DPMSolverMultistepScheduler", sd(json!({"algorithm_type": "sde-dpmsolver++"}), "DPMSolverMultistepScheduler"), 100),
+        (
+            "DDIMScheduler",
+            json!({"_class_name": "DDIMScheduler", "eta": 1.0, "clip_sample": false}),
+            100,
+        ),
+        (
+            "EulerAncestralDiscreteScheduler",
+            sd(json!({}), "EulerAncestralDiscreteScheduler"),
+            100,
+        ),
+        (
+            "KDPM2AncestralDiscreteScheduler",
+            sd(json!({}), "KDPM2AncestralDiscreteScheduler"),
+            50,
+        ),
+        (
+            "DPMSolverMultistepScheduler",
+            sd(
+                json!({"algorithm_type": "sde-dpmsolver++"}),
+                "DPMSolverMultistepScheduler",
+            ),
+            100,
+        ),
         // Churn inside [s_tmin, s_tmax] = [0, ∞): γ = min(s_churn/(n − 1), √2 − 1).
-        ("EulerDiscreteScheduler", sd(json!({"s_churn": 2.0}), "EulerDiscreteScheduler"), 100),
+        (
+            "EulerDiscreteScheduler",
+            sd(json!({"s_churn": 2.0}), "EulerDiscreteScheduler"),
+            100,
+        ),
     ]
 }
 
@@ -486,7 +716,13 @@ fn stochastic_samplers_reproduce_the_mixture() {
         s.set_timesteps(steps).unwrap();
         assert!(s.is_stochastic(), "{cfg} is not stochastic");
         let x = sample_with(&cfg, steps, &mixture, 1);
-        failures.extend(check(&format!("{class} ({steps} steps)"), &x, &mixture, &truth, BIAS));
+        failures.extend(check(
+            &format!("{class} ({steps} steps)"),
+            &x,
+            &mixture,
+            &truth,
+            BIAS,
+        ));
         covered.push(class);
     }
     // Every other registered class that is stochastic in its default configuration, except
@@ -496,12 +732,20 @@ fn stochastic_samplers_reproduce_the_mixture() {
             continue;
         }
         let cfg = (info.default_config)();
-        let Ok(mut s) = ember_schedulers::from_config_json::<HostTensor>(&cfg) else { continue };
+        let Ok(mut s) = ember_schedulers::from_config_json::<HostTensor>(&cfg) else {
+            continue;
+        };
         if s.set_timesteps(50).is_err() || !s.is_stochastic() {
             continue;
         }
         let x = sample_with(&cfg, 50, &mixture, 2);
-        failures.extend(check(&format!("{} (default, 50 steps)", info.class_name), &x, &mixture, &truth, BIAS));
+        failures.extend(check(
+            &format!("{} (default, 50 steps)", info.class_name),
+            &x,
+            &mixture,
+            &truth,
+            BIAS,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -517,7 +761,9 @@ fn k_diffusion_stochastic_samplers_reproduce_the_mixture() {
     let sigmas = kd::get_sigmas_karras(steps, 0.002, 80.0, 7.0).unwrap();
     let shape = [N, 2];
     let model = |x: &HostTensor, sigma: f64| Ok(mixture.posterior_mean(x, 1.0, sigma));
-    let x0 = NoiseSource::new(3).initial_noise(&shape, 0).scale(sigmas[0]);
+    let x0 = NoiseSource::new(3)
+        .initial_noise(&shape, 0)
+        .scale(sigmas[0]);
     let mut failures = vec![];
     type Sampler = fn(
         &mut dyn FnMut(&HostTensor, f64) -> ember_core::Result<HostTensor>,
@@ -526,16 +772,31 @@ fn k_diffusion_stochastic_samplers_reproduce_the_mixture() {
         &mut dyn FnMut(usize) -> HostTensor,
     ) -> ember_core::Result<HostTensor>;
     let samplers: [(&str, Sampler); 4] = [
-        ("k-diffusion euler_ancestral", |m, x, s, z| kd::sample_euler_ancestral(m, x, s, 1.0, 1.0, z)),
-        ("k-diffusion dpm_2_ancestral", |m, x, s, z| kd::sample_dpm_2_ancestral(m, x, s, 1.0, 1.0, z)),
-        ("k-diffusion dpmpp_2s_ancestral", |m, x, s, z| kd::sample_dpmpp_2s_ancestral(m, x, s, 1.0, 1.0, z)),
-        ("k-diffusion dpmpp_3m_sde", |m, x, s, z| kd::sample_dpmpp_3m_sde(m, x, s, 1.0, 1.0, z)),
+        ("k-diffusion euler_ancestral", |m, x, s, z| {
+            kd::sample_euler_ancestral(m, x, s, 1.0, 1.0, z)
+        }),
+        ("k-diffusion dpm_2_ancestral", |m, x, s, z| {
+            kd::sample_dpm_2_ancestral(m, x, s, 1.0, 1.0, z)
+        }),
+        ("k-diffusion dpmpp_2s_ancestral", |m, x, s, z| {
+            kd::sample_dpmpp_2s_ancestral(m, x, s, 1.0, 1.0, z)
+        }),
+        ("k-diffusion dpmpp_3m_sde", |m, x, s, z| {
+            kd::sample_dpmpp_3m_sde(m, x, s, 1.0, 1.0, z)
+        }),
     ];
     for (label, sampler) in samplers {
         let mut m = model;
         let mut noise = kd::noise_from_source(NoiseSource::new(4), 0, &x0);
-        let x = sampler(&mut m, x0.clone(), &sigmas, &mut noise).unwrap_or_else(|e| panic!("{label}: {e}"));
-        failures.extend(check(&format!("{label} ({steps} steps)"), &x, &mixture, &truth, BIAS));
+        let x = sampler(&mut m, x0.clone(), &sigmas, &mut noise)
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        failures.extend(check(
+            &format!("{label} ({steps} steps)"),
+            &x,
+            &mixture,
+            &truth,
+            BIAS,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -551,12 +812,48 @@ fn score_sde_samplers_reproduce_the_mixture() {
     let mut failures = vec![];
     let vp = sde::VpSde::default();
     let ve = sde::VeSde::default();
-    let cases: Vec<(&str, &dyn Sde, sde::Predictor, Option<sde::LangevinCorrector>, usize)> = vec![
-        ("score-SDE VP reverse diffusion", &vp, sde::Predictor::ReverseDiffusion, None, 200),
-        ("score-SDE VP Euler-Maruyama", &vp, sde::Predictor::EulerMaruyama, None, 200),
-        ("score-SDE VP ancestral", &vp, sde::Predictor::Ancestral, None, 200),
-        ("score-SDE VE reverse diffusion", &ve, sde::Predictor::ReverseDiffusion, None, 200),
-        ("score-SDE VE ancestral", &ve, sde::Predictor::Ancestral, None, 200),
+    let cases: Vec<(
+        &str,
+        &dyn Sde,
+        sde::Predictor,
+        Option<sde::LangevinCorrector>,
+        usize,
+    )> = vec![
+        (
+            "score-SDE VP reverse diffusion",
+            &vp,
+            sde::Predictor::ReverseDiffusion,
+            None,
+            200,
+        ),
+        (
+            "score-SDE VP Euler-Maruyama",
+            &vp,
+            sde::Predictor::EulerMaruyama,
+            None,
+            200,
+        ),
+        (
+            "score-SDE VP ancestral",
+            &vp,
+            sde::Predictor::Ancestral,
+            None,
+            200,
+        ),
+        (
+            "score-SDE VE reverse diffusion",
+            &ve,
+            sde::Predictor::ReverseDiffusion,
+            None,
+            200,
+        ),
+        (
+            "score-SDE VE ancestral",
+            &ve,
+            sde::Predictor::Ancestral,
+            None,
+            200,
+        ),
     ];
     for (label, process, predictor, corrector, steps) in cases {
         let ts = sde::time_grid(steps, process.sampling_eps()).unwrap();
@@ -567,10 +864,19 @@ fn score_sde_samplers_reproduce_the_mixture() {
         };
         let z = NoiseSource::new(5).initial_noise(&shape, 0);
         let x = sde::prior_sample(process, &z);
-        let mut noise = ember_schedulers::k_diffusion::noise_from_source(NoiseSource::new(6), 0, &x);
-        let x = sde::sample_pc(process, score, x, &ts, predictor, corrector, &mut noise, true)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        failures.extend(check(&format!("{label} ({steps} steps)"), &x, &mixture, &truth, BIAS));
+        let mut noise =
+            ember_schedulers::k_diffusion::noise_from_source(NoiseSource::new(6), 0, &x);
+        let x = sde::sample_pc(
+            process, score, x, &ts, predictor, corrector, &mut noise, true,
+        )
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        failures.extend(check(
+            &format!("{label} ({steps} steps)"),
+            &x,
+            &mixture,
+            &truth,
+            BIAS,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -586,20 +892,43 @@ fn score_sde_predictor_corrector_reproduces_the_mixture() {
     let mut failures = vec![];
     let vp = sde::VpSde::default();
     let ve = sde::VeSde::default();
-    let cases: Vec<(&str, &dyn Sde, f64)> = vec![("score-SDE VP PC (Langevin snr 0.01)", &vp, 0.01), ("score-SDE VE PC (Langevin snr 0.16)", &ve, 0.16)];
+    let cases: Vec<(&str, &dyn Sde, f64)> = vec![
+        ("score-SDE VP PC (Langevin snr 0.01)", &vp, 0.01),
+        ("score-SDE VE PC (Langevin snr 0.16)", &ve, 0.16),
+    ];
     for (label, process, snr) in cases {
         let steps = 200;
         let ts = sde::time_grid(steps, process.sampling_eps()).unwrap();
         let score = |x: &HostTensor, t: f64| {
             let (a, s) = (process.mean_coeff(t), process.marginal_std(t));
-            Ok(mixture.posterior_mean(x, a, s).scale(a).sub(x).scale(1.0 / (s * s)))
+            Ok(mixture
+                .posterior_mean(x, a, s)
+                .scale(a)
+                .sub(x)
+                .scale(1.0 / (s * s)))
         };
         let x = sde::prior_sample(process, &NoiseSource::new(7).initial_noise(&shape, 0));
-        let mut noise = ember_schedulers::k_diffusion::noise_from_source(NoiseSource::new(8), 0, &x);
+        let mut noise =
+            ember_schedulers::k_diffusion::noise_from_source(NoiseSource::new(8), 0, &x);
         let corrector = Some(sde::LangevinCorrector { snr, n_steps: 1 });
-        let x = sde::sample_pc(process, score, x, &ts, sde::Predictor::ReverseDiffusion, corrector, &mut noise, true)
-            .unwrap_or_else(|e| panic!("{label}: {e}"));
-        failures.extend(check(&format!("{label} ({steps} steps)"), &x, &mixture, &truth, BIAS));
+        let x = sde::sample_pc(
+            process,
+            score,
+            x,
+            &ts,
+            sde::Predictor::ReverseDiffusion,
+            corrector,
+            &mut noise,
+            true,
+        )
+        .unwrap_or_else(|e| panic!("{label}: {e}"));
+        failures.extend(check(
+            &format!("{label} ({steps} steps)"),
+            &x,
+            &mixture,
+            &truth,
+            BIAS,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -617,7 +946,11 @@ fn score_sde_predictor_corrector_reproduces_the_mixture() {
 /// s = ⌊(1 − γ) t'⌋ below the next timestep t', then forward noise back to t'. The jump is
 /// not small as the steps shrink, so with a posterior mean it also loses variance (measured
 /// at γ = 0.3, 50 steps, 2¹⁶ samples: 0.07 sd off, 16 standard errors in cov yy).
-const RENOISING: [&str; 3] = ["LCMScheduler", "FlowMatchEulerDiscreteScheduler", "TCDScheduler"];
+const RENOISING: [&str; 3] = [
+    "LCMScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "TCDScheduler",
+];
 
 /// For data N(μ, s² I) every quantity is linear-Gaussian: with x ~ N(m, v I) at a level
 /// where x = α x₀ + σ ε, the exact denoiser is D(x) = μ + g (x − α μ), g = α s²/(α² s² + σ²),
@@ -637,7 +970,11 @@ fn renoising_samplers_follow_their_exact_law() {
     let mut failures = vec![];
     for class in RENOISING {
         assert!(registered(class), "{class} is not registered");
-        let steps = if class == "FlowMatchEulerDiscreteScheduler" { 30 } else { 8 };
+        let steps = if class == "FlowMatchEulerDiscreteScheduler" {
+            30
+        } else {
+            8
+        };
         let cfg = match class {
             "LCMScheduler" => json!({"_class_name": class, "clip_sample": false}),
             "TCDScheduler" => json!({"_class_name": class, "clip_sample": false, "eta": 0.3}),
@@ -652,15 +989,25 @@ fn renoising_samplers_follow_their_exact_law() {
         // (Flow matching has none: `None` there.)
         let tr = ember_schedulers::TrainSchedule::new(
             full["num_train_timesteps"].as_u64().unwrap_or(1000) as usize,
-            full.get("beta_start").and_then(Value::as_f64).unwrap_or(0.0),
+            full.get("beta_start")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
             full.get("beta_end").and_then(Value::as_f64).unwrap_or(0.0),
-            serde_json::from_value(full.get("beta_schedule").cloned().unwrap_or(json!("linear"))).unwrap(),
+            serde_json::from_value(
+                full.get("beta_schedule")
+                    .cloned()
+                    .unwrap_or(json!("linear")),
+            )
+            .unwrap(),
             None,
             false,
         )
         .ok();
         // The law, per coordinate: (mean, variance), from x = init_noise_sigma · z.
-        let mut law: Vec<(f64, f64)> = mu.iter().map(|_| (0.0, sch.init_noise_sigma().powi(2))).collect();
+        let mut law: Vec<(f64, f64)> = mu
+            .iter()
+            .map(|_| (0.0, sch.init_noise_sigma().powi(2)))
+            .collect();
         for (k, &t) in ts.iter().enumerate() {
             let last = k + 1 == ts.len();
             for (d, (m, v)) in law.iter_mut().enumerate() {
@@ -716,7 +1063,9 @@ fn renoising_samplers_follow_their_exact_law() {
             let (se_m, se_v) = ((v / n).sqrt(), v * (2.0 / n).sqrt());
             println!("{class:<34} coord {d}: mean {em:+.4} (law {m:+.4}, {:+.1} SE), var {ev:.4} (law {v:.4}, {:+.1} SE)", (em - m) / se_m, (ev - v) / se_v);
             if (em - m).abs() > 5.0 * se_m || (ev - v).abs() > 5.0 * se_v {
-                failures.push(format!("{class} coord {d}: mean {em:.4} vs {m:.4}, var {ev:.4} vs {v:.4}"));
+                failures.push(format!(
+                    "{class} coord {d}: mean {em:.4} vs {m:.4}, var {ev:.4} vs {v:.4}"
+                ));
             }
         }
     }

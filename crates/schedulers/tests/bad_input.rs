@@ -42,24 +42,44 @@ fn unknown_class_name_lists_valid_ones() {
         assert!(err.contains(n), "{err} should list {n}");
     }
     assert!(!err.contains('\n'), "one line: {err}");
-    let missing = from_config_json::<HostTensor>(&json!({"beta_start": 0.1})).err().unwrap();
+    let missing = from_config_json::<HostTensor>(&json!({"beta_start": 0.1}))
+        .err()
+        .unwrap();
     assert!(missing.to_string().contains("_class_name"), "{missing}");
 }
 
 #[test]
 fn unknown_option_values_list_valid_ones() {
     for (name, key, bad, expect) in [
-        ("DDIMScheduler", "beta_schedule", "cosine", "squaredcos_cap_v2"),
-        ("EulerDiscreteScheduler", "prediction_type", "eps", "v_prediction"),
+        (
+            "DDIMScheduler",
+            "beta_schedule",
+            "cosine",
+            "squaredcos_cap_v2",
+        ),
+        (
+            "EulerDiscreteScheduler",
+            "prediction_type",
+            "eps",
+            "v_prediction",
+        ),
         ("DDIMScheduler", "timestep_spacing", "uniform", "trailing"),
-        ("DPMSolverMultistepScheduler", "algorithm_type", "dpm++", "sde-dpmsolver++"),
+        (
+            "DPMSolverMultistepScheduler",
+            "algorithm_type",
+            "dpm++",
+            "sde-dpmsolver++",
+        ),
         ("UniPCMultistepScheduler", "solver_type", "bh3", "bh2"),
     ] {
         let err = from_config_json::<HostTensor>(&json!({"_class_name": name, key: bad}))
             .err()
             .unwrap_or_else(|| panic!("{name}.{key}={bad} must fail"))
             .to_string();
-        assert!(err.contains(bad) && err.contains(expect), "{name}.{key}: {err}");
+        assert!(
+            err.contains(bad) && err.contains(expect),
+            "{name}.{key}: {err}"
+        );
         assert!(!err.contains('\n'), "one line: {err}");
     }
 }
@@ -70,7 +90,11 @@ fn unknown_keys_warn_and_survive() {
     for name in names() {
         let s = from_config_json::<HostTensor>(&json!({"_class_name": name, "my_new_knob": 3}))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(s.config_json()["my_new_knob"], 3, "{name} keeps unknown keys");
+        assert_eq!(
+            s.config_json()["my_new_knob"],
+            3,
+            "{name} keeps unknown keys"
+        );
     }
     let seen = CAPTURE.0.lock().unwrap().clone();
     assert!(
@@ -83,14 +107,21 @@ fn unknown_keys_warn_and_survive() {
 fn zero_steps_and_too_many_steps_are_errors() {
     for name in names() {
         let mut s = build(name);
-        let e = s.set_timesteps(0).err().unwrap_or_else(|| panic!("{name}: zero steps accepted"));
+        let e = s
+            .set_timesteps(0)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: zero steps accepted"));
         assert!(!e.to_string().contains('\n'));
         // Discrete-time schedules cannot place more steps than they were trained with.
         let continuous = name.starts_with("FlowMatch") || name.starts_with("EDM");
         if !continuous {
-            let mut s = from_class_name::<HostTensor>(name, Some(&json!({"num_train_timesteps": 50})))
-                .unwrap();
-            assert!(s.set_timesteps(51).is_err(), "{name}: 51 steps of 50 accepted");
+            let mut s =
+                from_class_name::<HostTensor>(name, Some(&json!({"num_train_timesteps": 50})))
+                    .unwrap();
+            assert!(
+                s.set_timesteps(51).is_err(),
+                "{name}: 51 steps of 50 accepted"
+            );
         }
     }
 }

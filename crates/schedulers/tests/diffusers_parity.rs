@@ -749,7 +749,10 @@ fn diffusers_saved_config_with_infinity_round_trips() {
     ember_schedulers::save_config_file(s.as_ref(), &path).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains("\"lambda_min_clipped\": -Infinity"), "{text}");
-    assert!(text.contains("some_future_key"), "unknown keys survive a save: {text}");
+    assert!(
+        text.contains("some_future_key"),
+        "unknown keys survive a save: {text}"
+    );
     let again = ember_schedulers::load_config_file::<ember_core::HostTensor>(&path).unwrap();
     assert_eq!(again.config_json(), s.config_json());
     std::fs::remove_dir_all(&dir).ok();

@@ -28,7 +28,9 @@
 //! that are not bugs (Heun/KDPM2/PNDM repeats, rounding ties, float32 ulps) are encoded
 //! precisely where checked.
 
-use ember_core::{Error, HostTensor, NoiseSource, Prediction, SampleTensor, Scheduler, TimestepRequest};
+use ember_core::{
+    Error, HostTensor, NoiseSource, Prediction, SampleTensor, Scheduler, TimestepRequest,
+};
 use ember_schedulers::analytic::TimeScale;
 use ember_schedulers::schedule::{BetaSchedule, TrainSchedule};
 use ember_schedulers::{training, SCHEDULERS};
@@ -47,8 +49,13 @@ const HEUN_LIKE: [&str; 2] = ["HeunDiscreteScheduler", "FlowMatchHeunDiscreteSch
 /// diffusers raises `ValueError` for `num_inference_steps > num_train_timesteps` in these
 /// (scheduling_ddpm.py, scheduling_ddim.py, scheduling_ddim_inverse.py, scheduling_lcm.py,
 /// scheduling_tcd.py).
-const FORBID_MORE_STEPS_THAN_TRAIN: [&str; 5] =
-    ["DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "LCMScheduler", "TCDScheduler"];
+const FORBID_MORE_STEPS_THAN_TRAIN: [&str; 5] = [
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DDIMInverseScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+];
 /// Multistep exponential integrators that round σ-derived timesteps to int64
 /// (`.round().astype(np.int64)`): two σ less than one training step apart may share a
 /// timestep there, in diffusers too.
@@ -60,7 +67,10 @@ const ROUNDS_SIGMA_TIMESTEPS: [&str; 4] = [
 ];
 
 fn registered() -> Vec<(&'static str, Value)> {
-    SCHEDULERS.iter().map(|i| (i.class_name, (i.default_config)())).collect()
+    SCHEDULERS
+        .iter()
+        .map(|i| (i.class_name, (i.default_config)()))
+        .collect()
 }
 
 fn build(cfg: &Value) -> ember_core::Result<Sched> {
@@ -162,16 +172,31 @@ fn alternative(v: &Value) -> Option<&'static str> {
 fn random_config(k: &Knobs, deterministic: bool) -> (&'static str, Value) {
     let all = registered();
     let (class, defaults) = all[k.class.index(all.len())].clone();
-    let mut c = defaults.as_object().cloned().expect("default config is an object");
+    let mut c = defaults
+        .as_object()
+        .cloned()
+        .expect("default config is an object");
     let t = k.train_steps;
     set(&mut c, "num_train_timesteps", json!(t));
-    set(&mut c, "beta_schedule", json!(BetaSchedule::NAMES[k.beta_schedule]));
+    set(
+        &mut c,
+        "beta_schedule",
+        json!(BetaSchedule::NAMES[k.beta_schedule]),
+    );
     set(&mut c, "beta_start", json!(10f64.powf(k.log10_beta_start)));
     set(&mut c, "beta_end", json!(10f64.powf(k.log10_beta_end)));
-    set(&mut c, "timestep_spacing", json!(["linspace", "leading", "trailing"][k.spacing]));
+    set(
+        &mut c,
+        "timestep_spacing",
+        json!(["linspace", "leading", "trailing"][k.spacing]),
+    );
     set(&mut c, "steps_offset", json!(k.steps_offset));
     if c.get("prediction_type").and_then(Value::as_str) != Some("flow_prediction") {
-        set(&mut c, "prediction_type", json!(["epsilon", "sample", "v_prediction"][k.prediction]));
+        set(
+            &mut c,
+            "prediction_type",
+            json!(["epsilon", "sample", "v_prediction"][k.prediction]),
+        );
     }
     match k.sigma_spacing {
         1 => set(&mut c, "use_karras_sigmas", json!(true)),
@@ -194,14 +219,26 @@ fn random_config(k: &Knobs, deterministic: bool) -> (&'static str, Value) {
     if k.sigma_spacing == 0 {
         set(&mut c, "use_lu_lambdas", json!(k.bit(6)));
     }
-    set(&mut c, "final_sigmas_type", json!(if k.bit(7) { "sigma_min" } else { "zero" }));
+    set(
+        &mut c,
+        "final_sigmas_type",
+        json!(if k.bit(7) { "sigma_min" } else { "zero" }),
+    );
     if k.bit(8) {
         if let Some(alt) = c.get("solver_type").and_then(alternative) {
             c.insert("solver_type".into(), json!(alt));
         }
     }
-    set(&mut c, "interpolation_type", json!(if k.bit(9) { "log_linear" } else { "linear" }));
-    set(&mut c, "timestep_type", json!(if k.bit(10) { "continuous" } else { "discrete" }));
+    set(
+        &mut c,
+        "interpolation_type",
+        json!(if k.bit(9) { "log_linear" } else { "linear" }),
+    );
+    set(
+        &mut c,
+        "timestep_type",
+        json!(if k.bit(10) { "continuous" } else { "discrete" }),
+    );
     set(&mut c, "predict_x0", json!(!k.bit(11)));
     // (diffusers' Karras / exponential / beta / Lu-λ branches take precedence over
     // use_flow_sigmas, which then only mislabels the σs: not a configuration anyone runs.)
@@ -212,18 +249,35 @@ fn random_config(k: &Knobs, deterministic: bool) -> (&'static str, Value) {
     }
     set(&mut c, "shift", json!(k.shift));
     if k.bit(13) {
-        set(&mut c, "shift_terminal", json!(0.02 + 0.2 * ((k.bits >> 20) & 7) as f64 / 7.0));
+        set(
+            &mut c,
+            "shift_terminal",
+            json!(0.02 + 0.2 * ((k.bits >> 20) & 7) as f64 / 7.0),
+        );
     }
     if k.bit(14) {
-        let algos = ["dpmsolver++", "sde-dpmsolver++", "dpmsolver", "sde-dpmsolver"];
+        let algos = [
+            "dpmsolver++",
+            "sde-dpmsolver++",
+            "dpmsolver",
+            "sde-dpmsolver",
+        ];
         let a = algos[((k.bits >> 15) & 3) as usize];
         if !(deterministic && a.starts_with("sde")) {
             set(&mut c, "algorithm_type", json!(a));
         }
     }
-    set(&mut c, "sigma_schedule", json!(if k.bit(17) { "exponential" } else { "karras" }));
+    set(
+        &mut c,
+        "sigma_schedule",
+        json!(if k.bit(17) { "exponential" } else { "karras" }),
+    );
     if k.bit(18) {
-        set(&mut c, "disable_corrector", json!([((k.bits >> 23) & 3) as u64]));
+        set(
+            &mut c,
+            "disable_corrector",
+            json!([((k.bits >> 23) & 3) as u64]),
+        );
     }
     if !deterministic {
         // diffusers' step kwargs travel as config keys of the same name (see
@@ -279,11 +333,22 @@ fn train_schedule(cfg: &Value) -> Option<TrainSchedule> {
         .get("beta_schedule")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
-    let trained: Option<Vec<f64>> =
-        cfg.get("trained_betas").and_then(|v| serde_json::from_value(v.clone()).ok());
-    let zero = cfg.get("rescale_betas_zero_snr").and_then(Value::as_bool).unwrap_or(false);
-    TrainSchedule::new(n, f("beta_start", 1e-4), f("beta_end", 0.02), schedule, trained.as_deref(), zero)
-        .ok()
+    let trained: Option<Vec<f64>> = cfg
+        .get("trained_betas")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let zero = cfg
+        .get("rescale_betas_zero_snr")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    TrainSchedule::new(
+        n,
+        f("beta_start", 1e-4),
+        f("beta_end", 0.02),
+        schedule,
+        trained.as_deref(),
+        zero,
+    )
+    .ok()
 }
 
 fn dot(a: &HostTensor, b: &HostTensor) -> f64 {
@@ -293,15 +358,26 @@ fn max_abs(a: &HostTensor) -> f64 {
     a.data().iter().fold(0.0, |m, v| m.max(v.abs()))
 }
 fn max_diff(a: &HostTensor, b: &HostTensor) -> f64 {
-    a.data().iter().zip(b.data()).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+    a.data()
+        .iter()
+        .zip(b.data())
+        .fold(0.0, |m, (x, y)| m.max((x - y).abs()))
 }
 
 impl Oracle {
     fn new(class: &'static str, cfg: &Value) -> Self {
         let time = TimeScale::from_config(cfg).expect("time scale of a config that built");
-        let flow_sigmas = cfg.get("use_flow_sigmas").and_then(Value::as_bool).unwrap_or(false)
+        let flow_sigmas = cfg
+            .get("use_flow_sigmas")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
             || matches!(time, TimeScale::Flow { .. });
-        Oracle { class, time, flow_sigmas, train: train_schedule(cfg) }
+        Oracle {
+            class,
+            time,
+            flow_sigmas,
+            train: train_schedule(cfg),
+        }
     }
 
     /// Finds the noise level of the sample the scheduler hands the model at evaluation `k`.
@@ -312,15 +388,27 @@ impl Oracle {
     /// `sigmas()`; the ᾱ-only schedulers (DDPM, DDIM, PNDM, LCM, TCD) use ᾱ at the integer
     /// timestep, which the training schedule gives exactly.
     fn observe(&self, s: &mut Sched, x: &HostTensor, t: f64, k: usize) -> Result<Seen, String> {
-        let x_in = s.scale_model_input(x, t).map_err(|e| format!("scale_model_input: {e}"))?;
+        let x_in = s
+            .scale_model_input(x, t)
+            .map_err(|e| format!("scale_model_input: {e}"))?;
         let c = dot(&x_in, x) / dot(x, x);
         if (c - 1.0).abs() > 1e-13 {
             if let TimeScale::Edm { sigma_data } = self.time {
                 let sigma = (1.0 / (c * c) - sigma_data * sigma_data).max(0.0).sqrt();
-                return Ok(Seen { x_in, frame: Frame::Edm(sigma_data), alpha: c, sigma });
+                return Ok(Seen {
+                    x_in,
+                    frame: Frame::Edm(sigma_data),
+                    alpha: c,
+                    sigma,
+                });
             }
             let sigma_ve = (1.0 / (c * c) - 1.0).max(0.0).sqrt();
-            return Ok(Seen { x_in, frame: Frame::Ve, alpha: c, sigma: sigma_ve * c });
+            return Ok(Seen {
+                x_in,
+                frame: Frame::Ve,
+                alpha: c,
+                sigma: sigma_ve * c,
+            });
         }
         let table = s.sigmas().map(|v| v.to_vec());
         if self.flow_sigmas {
@@ -328,19 +416,39 @@ impl Oracle {
                 Some(v) if k < v.len() => v[k],
                 _ => t / s.num_train_timesteps() as f64,
             };
-            return Ok(Seen { x_in, frame: Frame::Flow, alpha: 1.0 - sigma, sigma });
+            return Ok(Seen {
+                x_in,
+                frame: Frame::Flow,
+                alpha: 1.0 - sigma,
+                sigma,
+            });
         }
         if let Some(v) = table {
-            let sve = *v.get(k).ok_or_else(|| format!("sigmas() has no entry {k}"))?;
+            let sve = *v
+                .get(k)
+                .ok_or_else(|| format!("sigmas() has no entry {k}"))?;
             let a = 1.0 / (1.0 + sve * sve).sqrt();
-            return Ok(Seen { x_in, frame: Frame::Vp, alpha: a, sigma: sve * a });
+            return Ok(Seen {
+                x_in,
+                frame: Frame::Vp,
+                alpha: a,
+                sigma: sve * a,
+            });
         }
         let train = self.train.as_ref().ok_or("no training schedule")?;
         if t.fract() != 0.0 || t < 0.0 || t as usize >= train.len() {
-            return Err(format!("{}: timestep {t} is not a training timestep", self.class));
+            return Err(format!(
+                "{}: timestep {t} is not a training timestep",
+                self.class
+            ));
         }
         let acp = train.alphas_cumprod[t as usize];
-        Ok(Seen { x_in, frame: Frame::Vp, alpha: acp.sqrt(), sigma: (1.0 - acp).sqrt() })
+        Ok(Seen {
+            x_in,
+            frame: Frame::Vp,
+            alpha: acp.sqrt(),
+            sigma: (1.0 - acp).sqrt(),
+        })
     }
 }
 
@@ -348,7 +456,11 @@ impl Seen {
     /// The noise ε̂ the sample carries if the data is x₀ (in the model input's frame).
     fn eps(&self, x0: &HostTensor) -> HostTensor {
         match self.frame {
-            Frame::Edm(_) => self.x_in.scale(1.0 / self.alpha).sub(x0).scale(1.0 / self.sigma),
+            Frame::Edm(_) => self
+                .x_in
+                .scale(1.0 / self.alpha)
+                .sub(x0)
+                .scale(1.0 / self.sigma),
             _ => self.x_in.sub(&x0.scale(self.alpha)).scale(1.0 / self.sigma),
         }
     }
@@ -372,7 +484,9 @@ impl Seen {
             (_, Prediction::FlowPrediction) => eps.sub(x0),
             (_, Prediction::Epsilon) => eps,
             (_, Prediction::Sample) => x0.clone(),
-            (_, Prediction::VPrediction) => HostTensor::lin_comb(&[(self.alpha, &eps), (-self.sigma, x0)]),
+            (_, Prediction::VPrediction) => {
+                HostTensor::lin_comb(&[(self.alpha, &eps), (-self.sigma, x0)])
+            }
         })
     }
     /// The error budget [`tol`] scales with at this evaluation: |x| in the VE frame (x/α),
@@ -399,8 +513,14 @@ const SHAPE: [usize; 2] = [3, 4];
 
 /// The DDPM-family schedulers evaluate their step coefficients in float32, operation for
 /// operation as diffusers does (ddpm_common.rs, "Precision").
-const F32_FAMILY: [&str; 6] =
-    ["DDPMScheduler", "DDIMScheduler", "DDIMInverseScheduler", "PNDMScheduler", "LCMScheduler", "TCDScheduler"];
+const F32_FAMILY: [&str; 6] = [
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "DDIMInverseScheduler",
+    "PNDMScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+];
 
 /// Tolerance for "equals the exact value" for `class`, on samples whose error budget (VE
 /// magnitude |x|/α, plus 0.1·|ε̂|/σ, see [`Seen::budget`]) is `scale`.
@@ -424,7 +544,6 @@ fn tol(class: &str, scale: f64) -> f64 {
     }
 }
 
-
 // ------------------------------------------------------------------------------------------
 // Known bugs (see the regression tests at the end of this file, which fail until fixed)
 // ------------------------------------------------------------------------------------------
@@ -439,7 +558,9 @@ fn known_bug(class: &str, cfg: &Value, s: &Sched, n: usize) -> Option<&'static s
         return Some("first timestep repeated: index_for_timestep starts at its second occurrence");
     }
     if class == "PNDMScheduler" {
-        if cfg.get("skip_prk_steps").and_then(Value::as_bool) == Some(false) && (s.num_train_timesteps() / n) % 2 == 1 {
+        if cfg.get("skip_prk_steps").and_then(Value::as_bool) == Some(false)
+            && (s.num_train_timesteps() / n) % 2 == 1
+        {
             // regression_pndm_prk_with_odd_step_ratio_recovers_x0
             return Some("PNDM PRK with an odd T // n: half steps of T // n // 2 do not add up");
         }
@@ -476,11 +597,20 @@ fn known_bug(class: &str, cfg: &Value, s: &Sched, n: usize) -> Option<&'static s
         // regression_leading_spacing_with_steps_offset_stays_below_t
         return Some("leading spacing + steps_offset: (n − 1)·(T // n) + offset ≥ T");
     }
-    let steps = if HEUN_LIKE.contains(&class) || class.starts_with("KDPM2") { ts.len().div_ceil(2) } else { ts.len() };
+    let steps = if HEUN_LIKE.contains(&class) || class.starts_with("KDPM2") {
+        ts.len().div_ceil(2)
+    } else {
+        ts.len()
+    };
     let trailing = cfg.get("timestep_spacing").and_then(Value::as_str) == Some("trailing");
-    if trailing && steps == n + 1 && !matches!(class, "PNDMScheduler" | "LCMScheduler" | "TCDScheduler") {
+    if trailing
+        && steps == n + 1
+        && !matches!(class, "PNDMScheduler" | "LCMScheduler" | "TCDScheduler")
+    {
         // regression_trailing_spacing_gives_n_steps_in_range
-        return Some("trailing spacing: float arange overshoot gives n + 1 steps, the last at t = −1");
+        return Some(
+            "trailing spacing: float arange overshoot gives n + 1 steps, the last at t = −1",
+        );
     }
     let zero_snr = cfg.get("rescale_betas_zero_snr").and_then(Value::as_bool) == Some(true);
     if zero_snr && s.sigmas().is_some() {
@@ -501,7 +631,9 @@ fn known_bug(class: &str, cfg: &Value, s: &Sched, n: usize) -> Option<&'static s
             }
         }
     }
-    if class == "EulerDiscreteScheduler" && cfg.get("interpolation_type").and_then(Value::as_str) == Some("log_linear") {
+    if class == "EulerDiscreteScheduler"
+        && cfg.get("interpolation_type").and_then(Value::as_str) == Some("log_linear")
+    {
         // regression_euler_log_linear_has_n_steps_and_ends_at_zero
         return Some("Euler log_linear: n + 1 sigmas");
     }
@@ -557,10 +689,15 @@ proptest! {
 /// terminal SNR) is clamped to 2⁻²⁴ as diffusers does.
 fn train_log_sigmas(cfg: &Value) -> Option<Vec<f64>> {
     let tr = train_schedule(cfg)?;
-    Some(tr.alphas_cumprod.iter().map(|&a| {
-        let a = if a == 0.0 { 2f64.powi(-24) } else { a };
-        ((1.0 - a) / a).sqrt().ln()
-    }).collect())
+    Some(
+        tr.alphas_cumprod
+            .iter()
+            .map(|&a| {
+                let a = if a == 0.0 { 2f64.powi(-24) } else { a };
+                ((1.0 - a) / a).sqrt().ln()
+            })
+            .collect(),
+    )
 }
 
 /// Checks the layout of `timesteps()` / `sigmas()` after `set_timesteps(n)`.
@@ -589,12 +726,19 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
             // 0.0072302148] with use_lu_lambdas. 1e-6 relative bounds that.
             let last_pair = i + 2 == sig.len();
             if !(final_sigma_min && last_pair && sig[i + 1] - sig[i] <= 1e-6 * sig[i]) {
-                return Err(format!("sigmas increase at {i}: {} -> {}", sig[i], sig[i + 1]));
+                return Err(format!(
+                    "sigmas increase at {i}: {} -> {}",
+                    sig[i],
+                    sig[i + 1]
+                ));
             }
         }
     }
     let time = TimeScale::from_config(cfg).map_err(|e| e.to_string())?;
-    let flow = cfg.get("use_flow_sigmas").and_then(Value::as_bool).unwrap_or(false);
+    let flow = cfg
+        .get("use_flow_sigmas")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     // Euler's timestep_type "continuous" only applies with v_prediction (diffusers).
     let continuous = cfg.get("timestep_type").and_then(Value::as_str) == Some("continuous")
         && cfg.get("prediction_type").and_then(Value::as_str) == Some("v_prediction");
@@ -608,7 +752,9 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
         } else if edm || continuous {
             // EDM's timestep is c_noise = ¼ ln σ (Karras et al. 2022, table 1); Euler's
             // timestep_type "continuous" uses the same.
-            let sig = s.sigmas().ok_or("continuous-time scheduler without sigmas")?[i];
+            let sig = s
+                .sigmas()
+                .ok_or("continuous-time scheduler without sigmas")?[i];
             (t - 0.25 * sig.ln()).abs() <= 1e-6 * (1.0 + t.abs())
         } else if flow {
             t >= 0.0 && t <= t_train
@@ -616,7 +762,9 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
             t >= 0.0 && t < t_train
         };
         if !ok || !t.is_finite() {
-            return Err(format!("timestep {i} = {t} outside the training range (T = {t_train})"));
+            return Err(format!(
+                "timestep {i} = {t} outside the training range (T = {t_train})"
+            ));
         }
     }
     if class.starts_with("KDPM2") {
@@ -624,14 +772,19 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
     }
     // Ordering.
     let inverse = class == "DDIMInverseScheduler";
-    let skip_prk = cfg.get("skip_prk_steps").and_then(Value::as_bool).unwrap_or(false);
+    let skip_prk = cfg
+        .get("skip_prk_steps")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let log_sigmas = train_log_sigmas(cfg);
     // The continuous timestep of a σ (the inverse of the schedule), where defined.
     let to_t = |v: f64| -> Option<f64> {
         if flow {
             Some(v * t_train)
         } else {
-            log_sigmas.as_ref().map(|ls| ember_schedulers::sigmas::sigma_to_t(v, ls))
+            log_sigmas
+                .as_ref()
+                .map(|ls| ember_schedulers::sigmas::sigma_to_t(v, ls))
         }
     };
     let sig = s.sigmas().map(|v| v.to_vec());
@@ -656,7 +809,9 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
         if i + 1 >= sig.len() || !(sig[i + 1] <= sig[i]) {
             return false;
         }
-        let (Some(a), Some(b)) = (to_t(sig[i]), to_t(sig[i + 1])) else { return false };
+        let (Some(a), Some(b)) = (to_t(sig[i]), to_t(sig[i + 1])) else {
+            return false;
+        };
         if ROUNDS_SIGMA_TIMESTEPS.contains(&class) {
             // A tie from rounding two σ less than one training step apart to the same int64
             // timestep (equal σs where two linspace points round to the same timestep, as
@@ -677,25 +832,43 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
         let (a, b) = (ts[i], ts[i + 1]);
         let strict = if inverse { b > a } else { b < a };
         if !strict && !(a == b && allowed_tie(i)) {
-            return Err(format!("timesteps not strictly {} at {i}: {a} -> {b} (n = {n}): {ts:?}",
-                if inverse { "increasing" } else { "decreasing" }));
+            return Err(format!(
+                "timesteps not strictly {} at {i}: {a} -> {b} (n = {n}): {ts:?}",
+                if inverse { "increasing" } else { "decreasing" }
+            ));
         }
     }
     // The length, and the repeats that must be there.
     let n_eff = n;
     if HEUN_LIKE.contains(&class) {
         if len != 2 * n_eff - 1 {
-            return Err(format!("{class}: {len} timesteps for {n} steps, expected 2n − 1"));
+            return Err(format!(
+                "{class}: {len} timesteps for {n} steps, expected 2n − 1"
+            ));
         }
         for j in 1..n_eff {
             if ts[2 * j - 1] != ts[2 * j] {
-                return Err(format!("{class}: timesteps[{}] != timesteps[{}]", 2 * j - 1, 2 * j));
+                return Err(format!(
+                    "{class}: timesteps[{}] != timesteps[{}]",
+                    2 * j - 1,
+                    2 * j
+                ));
             }
         }
     } else if class == "PNDMScheduler" {
-        let expect = if skip_prk { if n == 1 { 1 } else { n + 1 } } else { n + 9 };
+        let expect = if skip_prk {
+            if n == 1 {
+                1
+            } else {
+                n + 1
+            }
+        } else {
+            n + 9
+        };
         if len != expect {
-            return Err(format!("PNDM: {len} timesteps for {n} steps, expected {expect}"));
+            return Err(format!(
+                "PNDM: {len} timesteps for {n} steps, expected {expect}"
+            ));
         }
         if skip_prk && n >= 2 && ts[1] != ts[2] {
             return Err("PLMS: timesteps[1] != timesteps[2]".into());
@@ -715,13 +888,26 @@ fn check_layout(class: &str, cfg: &Value, s: &Sched, n: usize) -> Result<(), Str
 ///   σ_j itself: τ_j equals t_j up to float32 round-off (and the rounding above).
 /// diffusers 0.42.1 produces exactly this (so with rounding the list is not monotone:
 /// e.g. KDPM2 Karras 50 steps ends [.., 2.006, 1, 0.969, 1, 0.326, 0]).
-fn check_kdpm2_layout(class: &str, cfg: &Value, ts: &[f64], n: usize, time: &TimeScale) -> Result<(), String> {
+fn check_kdpm2_layout(
+    class: &str,
+    cfg: &Value,
+    ts: &[f64],
+    n: usize,
+    time: &TimeScale,
+) -> Result<(), String> {
     if ts.len() != 2 * n - 1 {
-        return Err(format!("{class}: {} timesteps for {n} steps, expected 2n − 1", ts.len()));
+        return Err(format!(
+            "{class}: {} timesteps for {n} steps, expected 2n − 1",
+            ts.len()
+        ));
     }
-    let rounded = ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"]
-        .iter()
-        .any(|k| cfg.get(*k).and_then(Value::as_bool) == Some(true));
+    let rounded = [
+        "use_karras_sigmas",
+        "use_exponential_sigmas",
+        "use_beta_sigmas",
+    ]
+    .iter()
+    .any(|k| cfg.get(*k).and_then(Value::as_bool) == Some(true));
     // Rounding moves a timestep by at most ½; float32 σ_to_t by ~1e-3 at most (observed
     // 4e-4 in diffusers at t ≈ 1000); 1e-2 is well below the smallest step spacing ≥ 1.
     let base_slack = if rounded { 0.5 } else { 0.0 };
@@ -731,7 +917,10 @@ fn check_kdpm2_layout(class: &str, cfg: &Value, ts: &[f64], n: usize, time: &Tim
     }
     for j in 1..main.len() {
         if !(main[j] < main[j - 1] || (rounded && main[j] == main[j - 1])) {
-            return Err(format!("{class}: step timesteps not decreasing at {j}: {:?}", main));
+            return Err(format!(
+                "{class}: step timesteps not decreasing at {j}: {:?}",
+                main
+            ));
         }
         let tau = ts[2 * j - 1];
         let ok = if class == "KDPM2AncestralDiscreteScheduler" {
@@ -741,16 +930,27 @@ fn check_kdpm2_layout(class: &str, cfg: &Value, ts: &[f64], n: usize, time: &Tim
                 // around t_j (±½ when rounded). 0.1 covers float32 σ_to_t and the float32
                 // cancellation in σ_down = √(σ_next² − σ_up²) (relative error ≲ 6e-8·(σ/σ_next)²,
                 // σ/σ_next ≤ 100 outside the known bug).
-                let (lo, hi) = if rounded { (main[j] - 0.5, main[j] + 0.5) } else { (main[j].floor(), main[j].ceil()) };
+                let (lo, hi) = if rounded {
+                    (main[j] - 0.5, main[j] + 0.5)
+                } else {
+                    (main[j].floor(), main[j].ceil())
+                };
                 tau >= lo - 0.1 && tau <= hi + 0.1
             }
         } else {
             // float32 σ_to_t moves τ by ≲ 1e-3.
             let slack = base_slack + 1e-3;
-            tau <= main[j - 1] + slack && tau >= main[j] - slack && (rounded || (tau < main[j - 1] && tau > main[j]))
+            tau <= main[j - 1] + slack
+                && tau >= main[j] - slack
+                && (rounded || (tau < main[j - 1] && tau > main[j]))
         };
         if !ok || !tau.is_finite() {
-            return Err(format!("{class}: interpolated timestep {} = {tau} out of place between {} and {}", 2 * j - 1, main[j - 1], main[j]));
+            return Err(format!(
+                "{class}: interpolated timestep {} = {tau} out of place between {} and {}",
+                2 * j - 1,
+                main[j - 1],
+                main[j]
+            ));
         }
     }
     Ok(())
@@ -789,14 +989,27 @@ proptest! {
 /// σ_data = 0.5): denoised = c_skip x + c_out x̂₀ with the timestep scaled by
 /// `timestep_scaling`.
 fn lcm_scalings(cfg: &Value, t: f64) -> (f64, f64) {
-    let scaling = cfg.get("timestep_scaling").and_then(Value::as_f64).unwrap_or(10.0);
+    let scaling = cfg
+        .get("timestep_scaling")
+        .and_then(Value::as_f64)
+        .unwrap_or(10.0);
     let (sd, ts) = (0.5f64, t * scaling);
-    (sd * sd / (ts * ts + sd * sd), ts / (ts * ts + sd * sd).sqrt())
+    (
+        sd * sd / (ts * ts + sd * sd),
+        ts / (ts * ts + sd * sd).sqrt(),
+    )
 }
 
 /// The noise level the sampler must end on, as (α_e, σ_e) of the sample frame, or `None`
 /// when it is not determined (a final step that adds fresh noise).
-fn final_level(class: &str, cfg: &Value, s: &Sched, n: usize, frame: Frame, train: Option<&TrainSchedule>) -> Option<(f64, f64)> {
+fn final_level(
+    class: &str,
+    cfg: &Value,
+    s: &Sched,
+    n: usize,
+    frame: Frame,
+    train: Option<&TrainSchedule>,
+) -> Option<(f64, f64)> {
     if class == "TCDScheduler" {
         // The last TCD step lands on s = ⌊(1 − γ)·0⌋ = 0, i.e. ᾱ[0] (not final_alpha_cumprod).
         let a = train?.alphas_cumprod[0];
@@ -824,7 +1037,9 @@ fn final_level(class: &str, cfg: &Value, s: &Sched, n: usize, frame: Frame, trai
     }
     // ᾱ-only schedulers end at final_alpha_cumprod: 1, or ᾱ[0] when set_alpha_to_one is
     // false (DDIM, PNDM); DDPM always ends at 1.
-    if cfg.get("set_alpha_to_one").and_then(Value::as_bool) == Some(false) && class != "LCMScheduler" {
+    if cfg.get("set_alpha_to_one").and_then(Value::as_bool) == Some(false)
+        && class != "LCMScheduler"
+    {
         let a = train?.alphas_cumprod[0];
         return Some((a.sqrt(), (1.0 - a).sqrt()));
     }
@@ -841,7 +1056,13 @@ struct OracleRun {
 
 /// Samples with the exact point-mass denoiser; checks every `pred_original_sample` on the
 /// way and returns how far the end is from the exact trajectory's end.
-fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u64) -> Result<OracleRun, String> {
+fn run_oracle(
+    class: &'static str,
+    cfg: &Value,
+    s: &mut Sched,
+    n: usize,
+    seed: u64,
+) -> Result<OracleRun, String> {
     let oracle = Oracle::new(class, cfg);
     let (x0, eps0) = point(seed, &SHAPE);
     let noise = NoiseSource::new(seed ^ 0x5eed);
@@ -855,7 +1076,9 @@ fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u
         let seen = oracle.observe(s, &x, t, k)?;
         let out = seen.output(s.prediction(), &x0)?;
         let z = stochastic.then(|| noise.step_noise(&SHAPE, 0, k as u64));
-        let step = s.step(&out, t, &x, z.as_ref()).map_err(|e| format!("step {k} (t = {t}): {e}"))?;
+        let step = s
+            .step(&out, t, &x, z.as_ref())
+            .map_err(|e| format!("step {k} (t = {t}): {e}"))?;
         recent_scale.push(seen.budget(&x0));
         if let Some(p) = &step.pred_original_sample {
             let expect = if class == "LCMScheduler" {
@@ -867,7 +1090,9 @@ fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u
             if class != "TCDScheduler" {
                 let d = max_diff(p, &expect);
                 if d > tol(class, seen.budget(&x0)) {
-                    return Err(format!("pred_original_sample at step {k} (t = {t}) is {d:e} from x₀"));
+                    return Err(format!(
+                        "pred_original_sample at step {k} (t = {t}) is {d:e} from x₀"
+                    ));
                 }
                 worst_x0 = worst_x0.max(d);
             }
@@ -879,7 +1104,11 @@ fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u
     // The last step combines at most the last four model evaluations (PLMS history, the
     // four Runge-Kutta stages, third-order multistep + corrector); earlier round-off is
     // scaled down by σ_end/σ_j on its way to the end. So: the largest budget of the last 4.
-    let scale = recent_scale.iter().rev().take(4).fold(0.0f64, |m, v| m.max(*v));
+    let scale = recent_scale
+        .iter()
+        .rev()
+        .take(4)
+        .fold(0.0f64, |m, v| m.max(*v));
     let end_tol = tol(class, scale);
     let sample_frame = match seen.frame {
         Frame::Ve | Frame::Edm(_) => Frame::Ve,
@@ -889,7 +1118,8 @@ fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u
     // not checked (the final step of an SDE sampler with a final σ > 0, DDIM η > 0 ending
     // at ᾱ[0]).
     let lvl = final_level(class, cfg, s, n, sample_frame, oracle.train.as_ref());
-    let adds_noise_at_end = stochastic && lvl.map_or(true, |(_, se)| se > 0.0) && class != "TCDScheduler";
+    let adds_noise_at_end =
+        stochastic && lvl.map_or(true, |(_, se)| se > 0.0) && class != "TCDScheduler";
     let (end_error, final_sigma) = match lvl {
         Some((ae, se)) if !adds_noise_at_end => {
             let eps = seen.eps(&x0);
@@ -903,7 +1133,12 @@ fn run_oracle(class: &'static str, cfg: &Value, s: &mut Sched, n: usize, seed: u
         }
         _ => (None, None),
     };
-    Ok(OracleRun { end_error, end_tol, worst_x0, final_sigma })
+    Ok(OracleRun {
+        end_error,
+        end_tol,
+        worst_x0,
+        final_sigma,
+    })
 }
 
 fn excluded_from_oracle(class: &str, cfg: &Value) -> Option<&'static str> {
@@ -914,7 +1149,10 @@ fn excluded_from_oracle(class: &str, cfg: &Value) -> Option<&'static str> {
         // diffusers evaluates the model at σ but uses its output at σ̂ = σ(1 + γ).
         return Some("s_churn");
     }
-    let zero_snr = cfg.get("rescale_betas_zero_snr").and_then(Value::as_bool).unwrap_or(false);
+    let zero_snr = cfg
+        .get("rescale_betas_zero_snr")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let eps = cfg.get("prediction_type").and_then(Value::as_str) == Some("epsilon");
     if zero_snr && eps {
         // At ᾱ = 0 an ε-prediction carries no information about x₀ (x̂₀ = (x − ε)/0):
@@ -965,9 +1203,15 @@ fn oracle_denoiser_default_configs_end_at_x0() {
             }
             let run = run_oracle(class, &cfg, &mut s, n, 7 + n as u64)
                 .unwrap_or_else(|e| panic!("{class} n = {n}: {e}"));
-            println!("{class:<36} n = {n:>2}: end error {:?} (tol {:.1e}), worst |x̂₀ − x₀| {:.1e}", run.end_error, run.end_tol, run.worst_x0);
+            println!(
+                "{class:<36} n = {n:>2}: end error {:?} (tol {:.1e}), worst |x̂₀ − x₀| {:.1e}",
+                run.end_error, run.end_tol, run.worst_x0
+            );
             if let (Some(err), Some(se)) = (run.end_error, run.final_sigma) {
-                assert!(err <= run.end_tol, "{class} n = {n}: end {err:e} from the exact value (final σ {se})");
+                assert!(
+                    err <= run.end_tol,
+                    "{class} n = {n}: end {err:e} from the exact value (final σ {se})"
+                );
                 if se == 0.0 {
                     exact_zero += 1;
                 }
@@ -986,8 +1230,14 @@ fn oracle_denoiser_default_configs_end_at_x0() {
 fn add_noise_level(s: &Sched, t: f64) -> Result<(f64, f64), String> {
     let one = HostTensor::new(vec![1, 1], vec![1.0]).unwrap();
     let zero = one.zeros_like();
-    let a = s.add_noise(&one, &zero, &[t]).map_err(|e| e.to_string())?.data()[0];
-    let sg = s.add_noise(&zero, &one, &[t]).map_err(|e| e.to_string())?.data()[0];
+    let a = s
+        .add_noise(&one, &zero, &[t])
+        .map_err(|e| e.to_string())?
+        .data()[0];
+    let sg = s
+        .add_noise(&zero, &one, &[t])
+        .map_err(|e| e.to_string())?
+        .data()[0];
     Ok((a, sg))
 }
 
@@ -1231,8 +1481,16 @@ fn coefficients(x: &HostTensor, x0: &HostTensor, eps: &HostTensor) -> (f64, f64)
 /// The issue's example: DDIM, one step from t to the end with the true ε returns x₀.
 #[test]
 fn ddim_one_step_to_the_end_with_true_epsilon_returns_x0() {
-    assert!(registered().iter().any(|(c, _)| *c == "DDIMScheduler"), "DDIMScheduler is not registered");
-    for (spacing, n) in [("leading", 1usize), ("trailing", 1), ("trailing", 10), ("linspace", 4)] {
+    assert!(
+        registered().iter().any(|(c, _)| *c == "DDIMScheduler"),
+        "DDIMScheduler is not registered"
+    );
+    for (spacing, n) in [
+        ("leading", 1usize),
+        ("trailing", 1),
+        ("trailing", 10),
+        ("linspace", 4),
+    ] {
         let cfg = json!({"_class_name": "DDIMScheduler", "timestep_spacing": spacing, "clip_sample": false});
         let mut s = build(&cfg).unwrap();
         s.set_timesteps(n).unwrap();
@@ -1266,10 +1524,16 @@ fn every_registered_scheduler_builds_from_its_defaults_and_rejects_bad_calls() {
         assert_eq!(s.class_name(), class);
         // Step before set_timesteps → Error::State.
         let e = s.step(&x, 0.0, &x, Some(&x));
-        assert!(matches!(e, Err(Error::State(_))), "{class}: step before set_timesteps gave {e:?}");
+        assert!(
+            matches!(e, Err(Error::State(_))),
+            "{class}: step before set_timesteps gave {e:?}"
+        );
         // Zero steps → InvalidArgument.
         let e = s.set_timesteps(0);
-        assert!(matches!(&e, Err(e) if is_invalid_argument(e)), "{class}: zero steps gave {e:?}");
+        assert!(
+            matches!(&e, Err(e) if is_invalid_argument(e)),
+            "{class}: zero steps gave {e:?}"
+        );
         // The config round-trips through config_json.
         let again = build(&s.config_json()).unwrap_or_else(|e| panic!("{class} config_json: {e}"));
         assert_eq!(again.config_json(), s.config_json(), "{class}");
@@ -1365,7 +1629,12 @@ enum Call {
     SetTimesteps(Vec<f64>),
     SetSigmas(Vec<f64>),
     Scale(f64),
-    Step { t: f64, bad_shape: bool, nan: bool, noise: bool },
+    Step {
+        t: f64,
+        bad_shape: bool,
+        nan: bool,
+        noise: bool,
+    },
     StepHere,
     AddNoise(Vec<f64>),
     Velocity(Vec<f64>),
@@ -1390,12 +1659,24 @@ fn weird_f64() -> impl Strategy<Value = f64> {
 
 fn call() -> impl Strategy<Value = Call> {
     prop_oneof![
-        prop_oneof![0usize..5, 0usize..3000, Just(usize::MAX), Just(usize::MAX / 2)].prop_map(Call::SetSteps),
+        prop_oneof![
+            0usize..5,
+            0usize..3000,
+            Just(usize::MAX),
+            Just(usize::MAX / 2)
+        ]
+        .prop_map(Call::SetSteps),
         prop::collection::vec(weird_f64(), 0..6).prop_map(Call::SetTimesteps),
         prop::collection::vec(weird_f64(), 0..6).prop_map(Call::SetSigmas),
         weird_f64().prop_map(Call::Scale),
-        (weird_f64(), any::<bool>(), any::<bool>(), any::<bool>())
-            .prop_map(|(t, bad_shape, nan, noise)| Call::Step { t, bad_shape, nan, noise }),
+        (weird_f64(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(t, bad_shape, nan, noise)| Call::Step {
+                t,
+                bad_shape,
+                nan,
+                noise
+            }
+        ),
         Just(Call::StepHere),
         Just(Call::StepHere),
         prop::collection::vec(weird_f64(), 0..4).prop_map(Call::AddNoise),
@@ -1407,7 +1688,9 @@ fn call() -> impl Strategy<Value = Call> {
 
 fn garbage_value() -> impl Strategy<Value = Value> {
     prop_oneof![
-        weird_f64().prop_map(|v| serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)),
+        weird_f64().prop_map(|v| serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
         // Integers up to 10⁶: a num_train_timesteps of 10¹⁸ makes TrainSchedule::new try to
         // allocate exabytes, which aborts the process (not a panic catch_unwind can see; see
         // the report) and would take every other test in this binary with it.
@@ -1497,7 +1780,11 @@ fn oracle_case(cfg: Value, n: usize) -> Result<(Sched, OracleRun), String> {
 fn assert_exact_end(cfg: Value, n: usize) {
     let (_, run) = oracle_case(cfg.clone(), n).unwrap_or_else(|e| panic!("{cfg} n = {n}: {e}"));
     let err = run.end_error.expect("deterministic end");
-    assert!(err <= run.end_tol, "{cfg} n = {n}: end is {err:e} from the exact trajectory (tol {:e})", run.end_tol);
+    assert!(
+        err <= run.end_tol,
+        "{cfg} n = {n}: end is {err:e} from the exact trajectory (tol {:e})",
+        run.end_tol
+    );
 }
 
 /// diffusers 0.42.1 does the same. With zero terminal SNR only the last ᾱ is clamped to
@@ -1511,7 +1798,11 @@ fn regression_zero_snr_clamp_keeps_sigmas_monotone() {
     let mut s = build(&cfg).unwrap();
     s.set_timesteps(9).unwrap();
     let sig = s.sigmas().unwrap().to_vec();
-    assert!(sig.windows(2).all(|w| w[1] <= w[0]), "sigmas {:?}", &sig[..3]);
+    assert!(
+        sig.windows(2).all(|w| w[1] <= w[0]),
+        "sigmas {:?}",
+        &sig[..3]
+    );
     assert_exact_end(cfg, 9);
 }
 
@@ -1524,7 +1815,11 @@ fn regression_kdpm2_ancestral_timesteps_are_finite_for_large_sigma_ratios() {
     let cfg = json!({"_class_name": "KDPM2AncestralDiscreteScheduler", "beta_schedule": "squaredcos_cap_v2"});
     let mut s = build(&cfg).unwrap();
     s.set_timesteps(3).unwrap();
-    assert!(s.timesteps().iter().all(|t| t.is_finite()), "timesteps {:?}", s.timesteps());
+    assert!(
+        s.timesteps().iter().all(|t| t.is_finite()),
+        "timesteps {:?}",
+        s.timesteps()
+    );
 }
 
 /// diffusers 0.42.1 does the same. With use_flow_sigmas, final_sigmas_type "sigma_min"
@@ -1538,7 +1833,11 @@ fn regression_flow_sigmas_with_final_sigma_min_end_below_the_last_sigma() {
     let mut s = build(&cfg).unwrap();
     s.set_timesteps(11).unwrap();
     let sig = s.sigmas().unwrap().to_vec();
-    assert!(sig.windows(2).all(|w| w[1] <= w[0]), "sigmas end {:?}", &sig[sig.len() - 3..]);
+    assert!(
+        sig.windows(2).all(|w| w[1] <= w[0]),
+        "sigmas end {:?}",
+        &sig[sig.len() - 3..]
+    );
 }
 
 /// diffusers 0.42.1 does the same. interpolation_type "log_linear" builds n + 1 σs
@@ -1553,9 +1852,19 @@ fn regression_euler_log_linear_has_n_steps_and_ends_at_zero() {
             "interpolation_type": "log_linear", "timestep_type": tt});
         let mut s = build(&cfg).unwrap();
         s.set_timesteps(3).unwrap();
-        assert_eq!(s.timesteps().len(), 3, "{tt}: timesteps {:?}", s.timesteps());
+        assert_eq!(
+            s.timesteps().len(),
+            3,
+            "{tt}: timesteps {:?}",
+            s.timesteps()
+        );
         let (_, run) = oracle_case(cfg, 3).unwrap();
-        assert_eq!(run.final_sigma, Some(0.0), "{tt}: ends at σ = {:?}", run.final_sigma);
+        assert_eq!(
+            run.final_sigma,
+            Some(0.0),
+            "{tt}: ends at σ = {:?}",
+            run.final_sigma
+        );
     }
 }
 
@@ -1565,13 +1874,22 @@ fn regression_euler_log_linear_has_n_steps_and_ends_at_zero() {
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_trailing_spacing_gives_n_steps_in_range() {
     for class in ["UniPCMultistepScheduler", "EulerAncestralDiscreteScheduler"] {
-        let (t, n) = if class.starts_with("UniPC") { (1095, 56) } else { (1000, 836) };
+        let (t, n) = if class.starts_with("UniPC") {
+            (1095, 56)
+        } else {
+            (1000, 836)
+        };
         let cfg = json!({"_class_name": class, "num_train_timesteps": t, "beta_start": 0.001,
             "beta_end": 0.0398, "timestep_spacing": "trailing"});
         let mut s = build(&cfg).unwrap();
         s.set_timesteps(n).unwrap();
         let ts = s.timesteps();
-        assert!(ts.len() == n && ts.iter().all(|&v| v >= 0.0), "{class}: {} timesteps, last {:?}", ts.len(), ts.last());
+        assert!(
+            ts.len() == n && ts.iter().all(|&v| v >= 0.0),
+            "{class}: {} timesteps, last {:?}",
+            ts.len(),
+            ts.last()
+        );
     }
 }
 
@@ -1588,7 +1906,10 @@ fn oracle_handles_zero_length_steps() {
             Err(e) => assert!(is_invalid_argument(&e), "{class}: {e}"),
             Ok(()) => {
                 let sig = s.sigmas().unwrap();
-                assert!(sig.windows(2).any(|w| w[0] == w[1] && w[0] > 0.0), "{class}: no zero-length step to test");
+                assert!(
+                    sig.windows(2).any(|w| w[0] == w[1] && w[0] > 0.0),
+                    "{class}: no zero-length step to test"
+                );
                 assert_exact_end(cfg, 1000);
             }
         }
@@ -1603,10 +1924,16 @@ fn oracle_handles_zero_length_steps() {
 #[test]
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_repeated_first_timestep_starts_at_the_first_sigma() {
-    assert_exact_end(json!({"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "squaredcos_cap_v2",
-        "use_karras_sigmas": true, "prediction_type": "sample"}), 4);
-    assert_exact_end(json!({"_class_name": "KDPM2DiscreteScheduler", "beta_schedule": "squaredcos_cap_v2",
-        "use_karras_sigmas": true, "timestep_spacing": "trailing", "prediction_type": "sample"}), 5);
+    assert_exact_end(
+        json!({"_class_name": "DPMSolverMultistepScheduler", "beta_schedule": "squaredcos_cap_v2",
+        "use_karras_sigmas": true, "prediction_type": "sample"}),
+        4,
+    );
+    assert_exact_end(
+        json!({"_class_name": "KDPM2DiscreteScheduler", "beta_schedule": "squaredcos_cap_v2",
+        "use_karras_sigmas": true, "timestep_spacing": "trailing", "prediction_type": "sample"}),
+        5,
+    );
 }
 
 /// diffusers 0.42.1 gives NaN; Ember returns `Err(State)`. Karras σs end at σ_min and
@@ -1627,8 +1954,11 @@ fn regression_unipc_zero_length_final_step() {
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_pndm_v_prediction_recovers_x0() {
     for skip_prk in [true, false] {
-        assert_exact_end(json!({"_class_name": "PNDMScheduler", "prediction_type": "v_prediction",
-            "set_alpha_to_one": true, "skip_prk_steps": skip_prk}), 10);
+        assert_exact_end(
+            json!({"_class_name": "PNDMScheduler", "prediction_type": "v_prediction",
+            "set_alpha_to_one": true, "skip_prk_steps": skip_prk}),
+            10,
+        );
     }
 }
 
@@ -1638,8 +1968,11 @@ fn regression_pndm_v_prediction_recovers_x0() {
 #[test]
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_pndm_timesteps_match_its_step_arithmetic() {
-    assert_exact_end(json!({"_class_name": "PNDMScheduler", "timestep_spacing": "linspace",
-        "set_alpha_to_one": true, "skip_prk_steps": true}), 4);
+    assert_exact_end(
+        json!({"_class_name": "PNDMScheduler", "timestep_spacing": "linspace",
+        "set_alpha_to_one": true, "skip_prk_steps": true}),
+        4,
+    );
 }
 
 /// diffusers 0.42.1 does the same (0.018 at T = 1125, n = 9). The Runge-Kutta warm-up takes
@@ -1647,8 +1980,11 @@ fn regression_pndm_timesteps_match_its_step_arithmetic() {
 #[test]
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_pndm_prk_with_odd_step_ratio_recovers_x0() {
-    assert_exact_end(json!({"_class_name": "PNDMScheduler", "num_train_timesteps": 1125,
-        "set_alpha_to_one": true, "beta_start": 0.001, "beta_end": 0.0398}), 9);
+    assert_exact_end(
+        json!({"_class_name": "PNDMScheduler", "num_train_timesteps": 1125,
+        "set_alpha_to_one": true, "beta_start": 0.001, "beta_end": 0.0398}),
+        9,
+    );
 }
 
 /// diffusers 0.42.1 in float32 does the same (3·10⁶ off at 4 steps). PNDM's float32
@@ -1657,8 +1993,11 @@ fn regression_pndm_prk_with_odd_step_ratio_recovers_x0() {
 #[test]
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_pndm_float32_coefficients_with_tiny_alpha_bar() {
-    assert_exact_end(json!({"_class_name": "PNDMScheduler", "beta_schedule": "squaredcos_cap_v2",
-        "timestep_spacing": "trailing", "set_alpha_to_one": true, "skip_prk_steps": false}), 20);
+    assert_exact_end(
+        json!({"_class_name": "PNDMScheduler", "beta_schedule": "squaredcos_cap_v2",
+        "timestep_spacing": "trailing", "set_alpha_to_one": true, "skip_prk_steps": false}),
+        20,
+    );
 }
 
 /// diffusers 0.42.1 does the same. `get_velocity` indexes ᾱ by the *schedule position* of t
@@ -1673,10 +2012,17 @@ fn regression_euler_get_velocity_uses_the_noise_level_of_t() {
     let sigma = s.sigmas().unwrap()[0];
     let (x0, eps) = point(5, &SHAPE);
     let v = s.get_velocity(&x0, &eps, &[t]).unwrap();
-    let (a, sg) = (1.0 / (1.0 + sigma * sigma).sqrt(), sigma / (1.0 + sigma * sigma).sqrt());
+    let (a, sg) = (
+        1.0 / (1.0 + sigma * sigma).sqrt(),
+        sigma / (1.0 + sigma * sigma).sqrt(),
+    );
     let expect = HostTensor::lin_comb(&[(a, &eps), (-sg, &x0)]);
     // float32 √ᾱ: 1e-6 (see add_noise_velocity_and_targets_round_trip).
-    assert!(max_diff(&v, &expect) <= 1e-5, "v at t = {t} is {:e} from α ε − σ x₀", max_diff(&v, &expect));
+    assert!(
+        max_diff(&v, &expect) <= 1e-5,
+        "v at t = {t} is {:e} from α ε − σ x₀",
+        max_diff(&v, &expect)
+    );
 }
 
 /// diffusers 0.42.1 does the same. After `set_begin_index(b)`, LMS's first step uses order
@@ -1696,7 +2042,11 @@ fn regression_lms_img2img_first_step_is_first_order() {
     let _ = s.scale_model_input(&xt, t).unwrap();
     let out = s.step(&eps, t, &xt, None).unwrap();
     // x' = x_t + (0 − σ) ε = x₀ exactly, up to f64 round-off.
-    assert!(max_diff(&out.prev_sample, &x0) <= 1e-12, "{:e}", max_diff(&out.prev_sample, &x0));
+    assert!(
+        max_diff(&out.prev_sample, &x0) <= 1e-12,
+        "{:e}",
+        max_diff(&out.prev_sample, &x0)
+    );
 }
 
 /// `set_begin_index(usize::MAX)` then `step`: the DDPM family computes index + 1 without a
@@ -1729,7 +2079,13 @@ fn regression_begin_index_past_the_end_is_an_error() {
 #[ignore = "upstream defect: diffusers 0.42.1 gives the same result and Ember keeps diffusers' numbers; see docs/schedulers.md, Known upstream defects"]
 fn regression_leading_spacing_with_steps_offset_stays_below_t() {
     let mut bad = vec![];
-    for class in ["EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler", "DDIMScheduler", "DDPMScheduler"] {
+    for class in [
+        "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "DDIMScheduler",
+        "DDPMScheduler",
+    ] {
         let cfg = json!({"_class_name": class, "num_train_timesteps": 139, "timestep_spacing": "leading", "steps_offset": 1});
         let mut s = build(&cfg).unwrap();
         // Refusing is fine; accepting with a timestep ≥ T is not.
@@ -1753,7 +2109,10 @@ fn regression_analytic_time_scale_matches_training_sigmas() {
         for (t, &a) in tr.alphas_cumprod.iter().enumerate() {
             let expect = ((1.0 - a) / a).sqrt();
             let got = ts.sigma_ve(t as f64);
-            assert!((got - expect).abs() <= 1e-9 * expect, "{schedule} t = {t}: σ {got} vs {expect}");
+            assert!(
+                (got - expect).abs() <= 1e-9 * expect,
+                "{schedule} t = {t}: σ {got} vs {expect}"
+            );
         }
     }
 }
