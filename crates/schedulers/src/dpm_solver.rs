@@ -863,6 +863,85 @@ pub fn vp_add_noise<S: SampleTensor>(
         .add(&noise.scale_per_sample(&sigmas)))
 }
 
+/// Where a DPM-Solver's `add_noise` finds the noise level of a timestep.
+pub enum NoiseLevelSource<'a> {
+    /// Before `set_timesteps` (training use): the training σ at each timestep.
+    Training(&'a crate::sigma_schedule::TrainSigmas, usize),
+    /// After `set_timesteps`: the inference schedule, looked up as diffusers does (by
+    /// timestep, or at the begin / current step index for img2img).
+    Inference {
+        /// The inference timesteps.
+        timesteps: &'a [f64],
+        /// The inference σs.
+        sigmas: &'a [f64],
+        /// The pipeline's begin index.
+        begin_index: Option<usize>,
+        /// The current step index.
+        step_index: Option<usize>,
+    },
+}
+
+/// diffusers' `add_noise` of the DPM-Solvers (multistep and singlestep share it):
+/// `α x₀ + σ ε` at the noise level of each timestep.
+pub fn dpm_add_noise<S: SampleTensor>(
+    original: &S,
+    noise: &S,
+    timesteps: &[f64],
+    source: NoiseLevelSource<'_>,
+    use_flow_sigmas: bool,
+) -> Result<S> {
+    check_timestep_count(original, timesteps)?;
+    let sigmas: Vec<f64> = match source {
+        NoiseLevelSource::Training(train, num_train_timesteps) => {
+            let t_max = (num_train_timesteps - 1) as f64;
+            timesteps
+                .iter()
+                .map(|&t| {
+                    if t.is_finite() && (0.0..=t_max).contains(&t) {
+                        Ok(train.interp(t))
+                    } else {
+                        Err(Error::argument(
+                            "timesteps",
+                            format!("{t} is outside the training range [0, {t_max}]"),
+                        ))
+                    }
+                })
+                .collect::<Result<_>>()?
+        }
+        NoiseLevelSource::Inference {
+            timesteps: schedule,
+            sigmas,
+            begin_index,
+            step_index,
+        } => {
+            let indices: Vec<usize> = match (begin_index, step_index) {
+                (None, _) => timesteps
+                    .iter()
+                    .map(|&t| crate::vp_solver::multistep_index_for_timestep(schedule, t))
+                    .collect(),
+                (Some(_), Some(step)) => vec![step; timesteps.len()],
+                (Some(begin), None) => vec![begin; timesteps.len()],
+            };
+            indices
+                .iter()
+                .map(|&i| {
+                    sigmas.get(i).copied().ok_or_else(|| {
+                        Error::State(format!(
+                            "sigma index {i} is out of range ({} values)",
+                            sigmas.len()
+                        ))
+                    })
+                })
+                .collect::<Result<_>>()?
+        }
+    };
+    let pairs: Vec<(f64, f64)> = sigmas
+        .iter()
+        .map(|&s| crate::vp_solver::alpha_sigma(s, use_flow_sigmas))
+        .collect();
+    vp_add_noise(original, noise, &pairs)
+}
+
 /// Checks an `add_noise` timestep list against the batch: one per sample, or one for all.
 pub fn check_timestep_count<S: SampleTensor>(original: &S, timesteps: &[f64]) -> Result<()> {
     let batch = original.batch_size();

@@ -28,10 +28,10 @@
 use crate::config::nullable::default_on_null;
 use crate::config::SchedulerConfig;
 use crate::dpm_solver::{
-    check_solver_order, check_thresholding, check_timestep_count, convert_vp_output,
-    data_from_converted, first_order_update, neg_inf_on_null, singlestep_update,
-    split_learned_variance, step_noise, vp_add_noise, vp_inference_schedule, AlgorithmType, Node,
-    OutputHistory, SolverType, Thresholding, VarianceType, VpLayout,
+    check_solver_order, check_thresholding, convert_vp_output, data_from_converted, dpm_add_noise,
+    first_order_update, neg_inf_on_null, singlestep_update, split_learned_variance, step_noise,
+    vp_inference_schedule, AlgorithmType, Node, NoiseLevelSource, OutputHistory, SolverType,
+    Thresholding, VarianceType, VpLayout,
 };
 use crate::flow_sigmas::TimeShiftType;
 use crate::schedule::{linspace_f64, BetaSchedule, TrainSchedule};
@@ -643,41 +643,23 @@ impl<S: SampleTensor> Scheduler<S> for DpmSolverSinglestepScheduler<S> {
     }
 
     fn add_noise(&self, original: &S, noise: &S, timesteps: &[f64]) -> Result<S> {
-        check_timestep_count(original, timesteps)?;
-        let sigmas: Vec<f64> = if self.num_inference_steps.is_none() {
-            let t_max = (self.config.num_train_timesteps - 1) as f64;
-            timesteps
-                .iter()
-                .map(|&t| {
-                    if t.is_finite() && (0.0..=t_max).contains(&t) {
-                        Ok(self.train.interp(t))
-                    } else {
-                        Err(Error::argument(
-                            "timesteps",
-                            format!("{t} is outside the training range [0, {t_max}]"),
-                        ))
-                    }
-                })
-                .collect::<Result<_>>()?
+        let source = if self.num_inference_steps.is_none() {
+            NoiseLevelSource::Training(&self.train, self.config.num_train_timesteps)
         } else {
-            let indices: Vec<usize> = match (self.begin_index, self.step_index) {
-                (None, _) => timesteps
-                    .iter()
-                    .map(|&t| multistep_index_for_timestep(&self.timesteps, t))
-                    .collect(),
-                (Some(_), Some(step)) => vec![step; timesteps.len()],
-                (Some(begin), None) => vec![begin; timesteps.len()],
-            };
-            indices
-                .iter()
-                .map(|&i| self.schedule_sigma(i))
-                .collect::<Result<_>>()?
+            NoiseLevelSource::Inference {
+                timesteps: &self.timesteps,
+                sigmas: &self.sigmas,
+                begin_index: self.begin_index,
+                step_index: self.step_index,
+            }
         };
-        let pairs: Vec<(f64, f64)> = sigmas
-            .iter()
-            .map(|&s| alpha_sigma(s, self.config.use_flow_sigmas))
-            .collect();
-        vp_add_noise(original, noise, &pairs)
+        dpm_add_noise(
+            original,
+            noise,
+            timesteps,
+            source,
+            self.config.use_flow_sigmas,
+        )
     }
     fn step_index(&self) -> Option<usize> {
         self.step_index
