@@ -8,6 +8,10 @@ use burn::tensor::{backend::Backend, Int, Tensor};
 pub struct Conditioning<B: Backend> {
     /// Class labels `[B]` (diffusers' `class_labels`).
     pub class_labels: Option<Tensor<B, 1, Int>>,
+    /// Float class conditioning `[B, dim]` for models whose class embedding is a projection
+    /// (diffusers' `class_embed_type` `projection`, `simple_projection` or `identity`,
+    /// which take `class_labels` as a float tensor).
+    pub class_embeds: Option<Tensor<B, 2>>,
     /// Text-encoder hidden states `[B, L, D]` (`encoder_hidden_states`).
     pub encoder_hidden_states: Option<Tensor<B, 3>>,
     /// Attention mask over the encoder states `[B, L]`, 1 = keep (`encoder_attention_mask`).
@@ -30,6 +34,7 @@ impl<B: Backend> Default for Conditioning<B> {
     fn default() -> Self {
         Self {
             class_labels: None,
+            class_embeds: None,
             encoder_hidden_states: None,
             encoder_attention_mask: None,
             text_embeds: None,

@@ -57,6 +57,14 @@ pub enum Error {
         /// Which tensor.
         what: String,
     },
+    /// A checkpoint file or its tensors do not fit the model being loaded.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file or folder.
+        path: String,
+        /// What is wrong, naming the tensors.
+        message: String,
+    },
     /// The object is not in a state where this call is allowed (e.g. step before set_timesteps).
     #[error("invalid state: {0}")]
     State(String),

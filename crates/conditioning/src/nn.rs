@@ -1,0 +1,354 @@
+//! Parameter-holding layers laid out exactly like PyTorch's, so that a diffusers state-dict
+//! key such as `down_blocks.0.resnets.1.conv1.weight` maps onto a field path one to one and
+//! no tensor is transposed on load or save.
+//!
+//! Parameters are created lazily: a model built only to receive a checkpoint never spends
+//! time drawing random weights it is about to overwrite.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Distribution, Int, Shape, Tensor};
+use ember_core::{Error, Result};
+
+/// A parameter drawn from `U(-bound, bound)` on first use (PyTorch's default for Linear and
+/// Conv weights and biases is `bound = 1/sqrt(fan_in)`).
+pub fn uniform_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    bound: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let t = Tensor::<B, D>::random(shape, Distribution::Uniform(-bound, bound), device);
+            if require_grad {
+                t.require_grad()
+            } else {
+                t
+            }
+        },
+        device.clone(),
+        true,
+        Shape::new(shape),
+    )
+}
+
+/// A parameter filled with `value` on first use (norm scales and offsets).
+pub fn constant_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    value: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let t = Tensor::<B, D>::full(shape, value, device);
+            if require_grad {
+                t.require_grad()
+            } else {
+                t
+            }
+        },
+        device.clone(),
+        true,
+        Shape::new(shape),
+    )
+}
+
+/// A parameter drawn from `N(0, std²)` on first use (embedding tables).
+pub fn normal_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let t = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), device);
+            if require_grad {
+                t.require_grad()
+            } else {
+                t
+            }
+        },
+        device.clone(),
+        true,
+        Shape::new(shape),
+    )
+}
+
+/// `y = x Wᵀ + b` over the last dimension, with `weight` stored `[out, in]` as in PyTorch.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[out_features, in_features]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out_features]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// A layer with PyTorch's default initialisation.
+    pub fn new(in_features: usize, out_features: usize, bias: bool, device: &B::Device) -> Self {
+        let bound = 1.0 / (in_features.max(1) as f64).sqrt();
+        Self {
+            weight: uniform_param([out_features, in_features], bound, device),
+            bias: bias.then(|| uniform_param([out_features], bound, device)),
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        self.weight.lazy_shape()[1]
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.lazy_shape()[0]
+    }
+
+    /// Applies the layer to `[..., in]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let in_f = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let w = self.weight.val();
+        let out_f = w.dims()[0];
+        let mut y = x.reshape([rows, in_f]).matmul(w.transpose());
+        if let Some(b) = &self.bias {
+            y = y + b.val().unsqueeze_dim(0);
+        }
+        let mut out = dims;
+        out[D - 1] = out_f;
+        y.reshape(out)
+    }
+}
+
+/// 2-D convolution with PyTorch's `[out, in / groups, kh, kw]` weight layout.
+#[derive(Module, Debug)]
+pub struct Conv2d<B: Backend> {
+    /// `[out_channels, in_channels / groups, kernel, kernel]`.
+    pub weight: Param<Tensor<B, 4>>,
+    /// `[out_channels]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// Stride in both directions.
+    #[module(skip)]
+    pub stride: usize,
+    /// Zero padding on every side.
+    #[module(skip)]
+    pub padding: usize,
+}
+
+impl<B: Backend> Conv2d<B> {
+    /// A square-kernel convolution with PyTorch's default initialisation.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        device: &B::Device,
+    ) -> Self {
+        let fan_in = (in_channels * kernel * kernel).max(1) as f64;
+        let bound = 1.0 / fan_in.sqrt();
+        Self {
+            weight: uniform_param([out_channels, in_channels, kernel, kernel], bound, device),
+            bias: Some(uniform_param([out_channels], bound, device)),
+            stride,
+            padding,
+        }
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.weight.lazy_shape()[1]
+    }
+
+    /// Applies the convolution to `[B, C, H, W]`.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new(
+                [self.stride, self.stride],
+                [self.padding, self.padding],
+                [1, 1],
+                1,
+            ),
+        )
+    }
+}
+
+/// Group normalisation over `[B, C, ...]` with per-channel affine parameters.
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    /// Per-channel scale, `[C]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Per-channel offset, `[C]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Number of groups; divides the channel count.
+    #[module(skip)]
+    pub num_groups: usize,
+    /// Added to the variance.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    /// A norm with unit scale and zero offset. Fails when `num_groups` does not divide
+    /// `channels`, naming `field` in the error.
+    pub fn new(
+        num_groups: usize,
+        channels: usize,
+        eps: f64,
+        field: &str,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if num_groups == 0 || channels % num_groups != 0 {
+            return Err(Error::config(
+                field,
+                format!("{num_groups} groups do not divide {channels} channels"),
+            ));
+        }
+        Ok(Self {
+            weight: constant_param([channels], 1.0, device),
+            bias: constant_param([channels], 0.0, device),
+            num_groups,
+            eps,
+        })
+    }
+
+    /// Normalises `[B, C, ...]` (rank 3 or 4).
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let (b, c) = (dims[0], dims[1]);
+        let rest: usize = dims[1..].iter().product::<usize>() / self.num_groups;
+        let grouped = x.reshape([b, self.num_groups, rest]);
+        let mean = grouped.clone().mean_dim(2);
+        let centered = grouped - mean;
+        let var = centered.clone().powi_scalar(2).mean_dim(2);
+        let normed = (centered / (var + self.eps).sqrt()).reshape(dims);
+        let mut affine_shape = [1usize; D];
+        affine_shape[1] = c;
+        normed * self.weight.val().reshape(affine_shape) + self.bias.val().reshape(affine_shape)
+    }
+}
+
+/// Layer normalisation over the last dimension.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale, `[dim]`.
+    pub weight: Param<Tensor<B, 1>>,
+    /// Offset, `[dim]`.
+    pub bias: Param<Tensor<B, 1>>,
+    /// Added to the variance.
+    #[module(skip)]
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// A norm with unit scale and zero offset.
+    pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
+        Self {
+            weight: constant_param([dim], 1.0, device),
+            bias: constant_param([dim], 0.0, device),
+            eps,
+        }
+    }
+
+    /// Normalises the last dimension of `x`.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = centered / (var + self.eps).sqrt();
+        let mut affine_shape = [1usize; D];
+        affine_shape[D - 1] = self.weight.lazy_shape()[0];
+        normed * self.weight.val().reshape(affine_shape) + self.bias.val().reshape(affine_shape)
+    }
+}
+
+/// A lookup table `[num_embeddings, dim]`, as `torch.nn.Embedding`.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[num_embeddings, dim]`.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// A table initialised `N(0, 1)` like PyTorch.
+    pub fn new(num_embeddings: usize, dim: usize, device: &B::Device) -> Self {
+        Self {
+            weight: normal_param([num_embeddings, dim], 1.0, device),
+        }
+    }
+
+    /// Number of rows.
+    pub fn num_embeddings(&self) -> usize {
+        self.weight.lazy_shape()[0]
+    }
+
+    /// Looks up `[B]` indices, giving `[B, dim]`. Indices must be checked by the caller
+    /// (see [`check_indices`]); an index out of range is a backend error, not a clear one.
+    pub fn forward(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.weight.val().select(0, ids)
+    }
+}
+
+/// Checks host-side that every index lies in `0..n`, naming `what` in the error.
+pub fn check_indices<B: Backend>(ids: &Tensor<B, 1, Int>, n: usize, what: &str) -> Result<()> {
+    let values = ids
+        .to_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .map_err(|e| Error::argument(what, format!("{e:?}")))?;
+    if let Some(bad) = values.iter().find(|&&v| v < 0 || v as usize >= n) {
+        return Err(Error::argument(
+            what,
+            format!("index {bad} is out of range 0..{n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The activations diffusers configs name (`act_fn`, `time_embedding_act_fn`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x·σ(x)` (`"silu"` or `"swish"`).
+    Silu,
+    /// `x·tanh(softplus(x))`.
+    Mish,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+impl Activation {
+    /// Names accepted by [`Activation::from_name`].
+    pub const NAMES: [&'static str; 5] = ["silu", "swish", "mish", "gelu", "relu"];
+
+    /// Parses a diffusers activation name (case-insensitive).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "silu" | "swish" => Ok(Self::Silu),
+            "mish" => Ok(Self::Mish),
+            "gelu" => Ok(Self::Gelu),
+            "relu" => Ok(Self::Relu),
+            _ => Err(Error::unknown("activation", name, &Self::NAMES)),
+        }
+    }
+
+    /// Applies the activation.
+    pub fn forward<B: Backend, const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self {
+            Self::Silu => activation::silu(x),
+            Self::Mish => activation::mish(x),
+            Self::Gelu => activation::gelu(x),
+            Self::Relu => activation::relu(x),
+        }
+    }
+}
