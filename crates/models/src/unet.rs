@@ -989,6 +989,23 @@ impl<B: Backend> UNet2D<B> {
         }))
     }
 
+    /// Context widths of the cross-attention layers (`cross_attention_dim` of the blocks
+    /// that have cross-attention), deduplicated.
+    fn cross_attention_dims(&self) -> Vec<usize> {
+        let cfg = &self.config;
+        let n = cfg.down_block_types.len();
+        let mut dims: Vec<usize> = (0..n)
+            .filter(|&i| cfg.down_block_types[i] == "CrossAttnDownBlock2D" || cfg.up_block_types[n - 1 - i] == "CrossAttnUpBlock2D")
+            .map(|i| cfg.cross_attention_dim[i])
+            .collect();
+        if cfg.mid_block_type.as_deref() == Some("UNetMidBlock2DCrossAttn") {
+            dims.push(cfg.cross_attention_dim[n - 1]);
+        }
+        dims.sort_unstable();
+        dims.dedup();
+        dims
+    }
+
     fn context(&self, cond: &Conditioning<B>, b: usize) -> Result<Option<Tensor<B, 3>>> {
         if !self.needs_encoder_hidden_states() {
             return Ok(None);
@@ -1000,22 +1017,14 @@ impl<B: Backend> UNet2D<B> {
             )
         })?;
         let [eb, s, d] = ehs.dims();
+        // Every cross-attention layer reads the same states, so each must expect width `d`.
         let want_in = match &self.encoder_hid_proj {
-            Some(p) => p.in_features(),
-            None => self.config.cross_attention_dim[0],
+            Some(p) => vec![p.in_features()],
+            None => self.cross_attention_dims(),
         };
-        let uniform = self.encoder_hid_proj.is_some()
-            || self
-                .config
-                .cross_attention_dim
-                .iter()
-                .all(|&c| c == want_in);
-        if eb != b || s == 0 || (uniform && d != want_in) {
-            return Err(Error::Shape {
-                what: "encoder_hidden_states".into(),
-                expected: format!("[{b}, S, {want_in}]"),
-                got: vec![eb, s, d],
-            });
+        if eb != b || s == 0 || want_in.iter().any(|&w| w != d) {
+            let want = want_in.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" / ");
+            return Err(Error::Shape { what: "encoder_hidden_states".into(), expected: format!("[{b}, S, {want}]"), got: vec![eb, s, d] });
         }
         Ok(Some(match &self.encoder_hid_proj {
             Some(p) => p.forward(ehs),
