@@ -264,13 +264,27 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Why a cross-attention block type is rejected in a UNet2DModel config.
+const NEEDS_CONDITION_MODEL: &str =
+    "needs a UNet2DConditionModel (UNet2DModel has no cross-attention)";
+
+/// Largest integer a config field may hold: far above any real size, and small enough
+/// that products of sizes cannot overflow.
+const MAX_CONFIG_INT: u64 = u32::MAX as u64;
+
 fn as_usize(key: &str, v: &Value) -> Result<usize> {
-    match v.as_u64() {
-        Some(x) => Ok(x as usize),
-        None => match v.as_f64() {
-            Some(f) if f >= 0.0 && f.fract() == 0.0 => Ok(f as usize),
-            _ => Err(type_err(key, "a non-negative integer", v)),
-        },
+    let x = v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f <= MAX_CONFIG_INT as f64)
+            .map(|f| f as u64)
+    });
+    match x {
+        Some(x) if x <= MAX_CONFIG_INT => Ok(x as usize),
+        _ => Err(type_err(
+            key,
+            &format!("a non-negative integer up to {MAX_CONFIG_INT}"),
+            v,
+        )),
     }
 }
 
@@ -388,6 +402,11 @@ impl UNetConfig {
         };
         let in_channels = r.usize_or("in_channels", def_in)?;
         let out_channels = r.usize_or("out_channels", def_in)?;
+        for (k, v) in [("in_channels", in_channels), ("out_channels", out_channels)] {
+            if v == 0 {
+                return Err(Error::config(k, "must be positive"));
+            }
+        }
         let center_input_sample = r.bool_or("center_input_sample", false)?;
         let tet = r
             .string_opt("time_embedding_type")?
@@ -412,6 +431,9 @@ impl UNetConfig {
             }
         };
         let time_embedding_dim = r.usize_opt("time_embedding_dim")?;
+        if time_embedding_dim == Some(0) {
+            return Err(Error::config("time_embedding_dim", "must be positive"));
+        }
         let freq_shift = r.f64_or("freq_shift", 0.0)?;
         let flip_sin_to_cos = r.bool_or("flip_sin_to_cos", true)?;
         let down_block_types = r.strings_or("down_block_types", def_down)?;
@@ -447,9 +469,13 @@ impl UNetConfig {
             ));
         }
         for t in &down_block_types {
-            let allowed =
-                DOWN_BLOCK_TYPES.contains(&t.as_str()) && (cond || t != "CrossAttnDownBlock2D");
-            if !allowed {
+            if !cond && t == "CrossAttnDownBlock2D" {
+                return Err(Error::config(
+                    "down_block_types",
+                    format!("block type `{t}` {NEEDS_CONDITION_MODEL}"),
+                ));
+            }
+            if !DOWN_BLOCK_TYPES.contains(&t.as_str()) {
                 return Err(Error::config(
                     "down_block_types",
                     format!(
@@ -460,9 +486,13 @@ impl UNetConfig {
             }
         }
         for t in &up_block_types {
-            let allowed =
-                UP_BLOCK_TYPES.contains(&t.as_str()) && (cond || t != "CrossAttnUpBlock2D");
-            if !allowed {
+            if !cond && t == "CrossAttnUpBlock2D" {
+                return Err(Error::config(
+                    "up_block_types",
+                    format!("block type `{t}` {NEEDS_CONDITION_MODEL}"),
+                ));
+            }
+            if !UP_BLOCK_TYPES.contains(&t.as_str()) {
                 return Err(Error::config(
                     "up_block_types",
                     format!(
@@ -473,6 +503,12 @@ impl UNetConfig {
             }
         }
         if let Some(m) = &mid_block_type {
+            if !cond && m == "UNetMidBlock2DCrossAttn" {
+                return Err(Error::config(
+                    "mid_block_type",
+                    format!("block type `{m}` {NEEDS_CONDITION_MODEL}"),
+                ));
+            }
             let allowed = if cond {
                 MID_BLOCK_TYPES.contains(&m.as_str())
             } else {
@@ -493,15 +529,18 @@ impl UNetConfig {
             .into_iter()
             .map(|x| x.unwrap_or(2))
             .collect();
-        if cond {
-            if layers_per_block.contains(&0) {
-                return Err(Error::config("layers_per_block", "must be at least 1"));
-            }
-        } else if layers_per_block[0] == 0 {
+        if layers_per_block.contains(&0) {
             return Err(Error::config("layers_per_block", "must be at least 1"));
         }
         let mid_block_scale_factor = r.f64_or("mid_block_scale_factor", 1.0)?;
         let downsample_padding = r.usize_or("downsample_padding", 1)?;
+        if downsample_padding > 1 {
+            // Any larger padding makes the downsampled size differ from the skip sizes.
+            return Err(Error::config(
+                "downsample_padding",
+                format!("must be 0 or 1, got {downsample_padding}"),
+            ));
+        }
         let downsample_type = r
             .string_opt("downsample_type")?
             .unwrap_or_else(|| "conv".into());
@@ -559,6 +598,9 @@ impl UNetConfig {
             return Err(Error::config("norm_num_groups", "must be positive"));
         }
         let attn_norm_num_groups = r.usize_opt("attn_norm_num_groups")?;
+        if attn_norm_num_groups == Some(0) {
+            return Err(Error::config("attn_norm_num_groups", "must be positive"));
+        }
         let norm_eps = r.f64_or("norm_eps", 1e-5)?;
         let rtss = r
             .string_opt("resnet_time_scale_shift")?
@@ -639,7 +681,11 @@ impl UNetConfig {
         let cross_attention_dim: Vec<usize> = if cond {
             r.per_block_usize("cross_attention_dim", n, Some(1280))?
                 .into_iter()
-                .map(|x| x.ok_or_else(|| Error::config("cross_attention_dim", "must not be null")))
+                .map(|x| match x {
+                    None => Err(Error::config("cross_attention_dim", "must not be null")),
+                    Some(0) => Err(Error::config("cross_attention_dim", "must be positive")),
+                    Some(d) => Ok(d),
+                })
                 .collect::<Result<_>>()?
         } else {
             Vec::new()
@@ -750,6 +796,12 @@ impl UNetConfig {
             }
         }
         let class_embeddings_concat = r.bool_or("class_embeddings_concat", false)?;
+        if class_embeddings_concat && class_embed_type.is_none() {
+            return Err(Error::config(
+                "class_embeddings_concat",
+                "needs a class embedding (class_embed_type or num_class_embeds)",
+            ));
+        }
         for key in [
             "mid_block_only_cross_attention",
             "cross_attention_norm",

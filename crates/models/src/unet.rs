@@ -389,6 +389,12 @@ impl Builder<'_> {
         match (cfg.class, kind.as_str()) {
             (UNetClass::UNet2DModel, _) => {
                 if cfg.add_attention {
+                    if let Some(g) = cfg.attn_norm_num_groups.filter(|&g| !c.is_multiple_of(g)) {
+                        return Err(Error::config(
+                            "attn_norm_num_groups",
+                            format!("{g} groups do not divide {c} channels"),
+                        ));
+                    }
                     let groups = cfg
                         .attn_norm_num_groups
                         .or(match cfg.resnet_time_scale_shift {
@@ -661,9 +667,8 @@ impl<B: Backend> UNet2D<B> {
             Some(TimeProjection::Fourier(f)) => f.forward(t),
             Some(TimeProjection::Learned(table)) => {
                 let ids: Tensor<B, 1, Int> = t.round().int();
-                table
-                    .forward(ids)
-                    .map_err(|e| Error::argument("timestep", e.to_string()))?
+                check_indices(&ids, table.num_embeddings(), "timestep")?;
+                table.forward(ids)?
             }
         })
     }
@@ -687,12 +692,19 @@ impl<B: Backend> UNet2D<B> {
                 got: vec![b, c, h, w],
             });
         }
+        if b == 0 || h == 0 || w == 0 {
+            return Err(Error::Shape {
+                what: "sample".into(),
+                expected: "[B, C, H, W] with B, H and W at least 1".into(),
+                got: vec![b, c, h, w],
+            });
+        }
         let factor = 1usize << cfg.num_downsamplers();
         let cond_model = cfg.class == UNetClass::UNet2DConditionModel;
         // UNet2DConditionModel resizes its upsamplers to the skip tensors when the size is
         // not a multiple of the downsampling factor (as diffusers does); UNet2DModel cannot.
         let upsample_to_skip = cond_model && (h % factor != 0 || w % factor != 0);
-        if h == 0 || w == 0 || (!cond_model && (h % factor != 0 || w % factor != 0)) {
+        if !cond_model && (h % factor != 0 || w % factor != 0) {
             return Err(Error::Shape {
                 what: "sample".into(),
                 expected: format!(
@@ -840,7 +852,11 @@ impl<B: Backend> UNet2D<B> {
         if controlnet || cond.mid_block_additional_residual.is_some() {
             if !cond_model {
                 return Err(Error::argument(
-                    "down_block_additional_residuals",
+                    if controlnet {
+                        "down_block_additional_residuals"
+                    } else {
+                        "mid_block_additional_residual"
+                    },
                     "ControlNet residuals need a UNet2DConditionModel",
                 ));
             }
@@ -995,7 +1011,10 @@ impl<B: Backend> UNet2D<B> {
         let cfg = &self.config;
         let n = cfg.down_block_types.len();
         let mut dims: Vec<usize> = (0..n)
-            .filter(|&i| cfg.down_block_types[i] == "CrossAttnDownBlock2D" || cfg.up_block_types[n - 1 - i] == "CrossAttnUpBlock2D")
+            .filter(|&i| {
+                cfg.down_block_types[i] == "CrossAttnDownBlock2D"
+                    || cfg.up_block_types[n - 1 - i] == "CrossAttnUpBlock2D"
+            })
             .map(|i| cfg.cross_attention_dim[i])
             .collect();
         if cfg.mid_block_type.as_deref() == Some("UNetMidBlock2DCrossAttn") {
@@ -1023,8 +1042,16 @@ impl<B: Backend> UNet2D<B> {
             None => self.cross_attention_dims(),
         };
         if eb != b || s == 0 || want_in.iter().any(|&w| w != d) {
-            let want = want_in.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" / ");
-            return Err(Error::Shape { what: "encoder_hidden_states".into(), expected: format!("[{b}, S, {want}]"), got: vec![eb, s, d] });
+            let want = want_in
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join(" / ");
+            return Err(Error::Shape {
+                what: "encoder_hidden_states".into(),
+                expected: format!("[{b}, S, {want}]"),
+                got: vec![eb, s, d],
+            });
         }
         Ok(Some(match &self.encoder_hid_proj {
             Some(p) => p.forward(ehs),

@@ -191,6 +191,12 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         if files.is_empty() {
             return Err(ckpt_err(&index, "lists no shard files"));
         }
+        if let Some(f) = files.iter().find(|f| !dir.join(f).is_file()) {
+            return Err(ckpt_err(
+                &index,
+                format!("lists shard `{f}`, which is not in the folder"),
+            ));
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     for variant in ["fp16", "bf16"] {
