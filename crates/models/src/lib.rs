@@ -69,7 +69,7 @@ pub fn load_unet_config(dir: &Path) -> Result<UNetConfig> {
 pub fn load_unet<B: Backend>(dir: &Path, device: &B::Device) -> Result<(UNet2D<B>, LoadReport)> {
     let config = load_unet_config(dir)?;
     let model = UNet2D::<B>::new(config, device)?;
-    let weights = weights::read_folder_weights(dir)?;
+    let weights = weights::read_folder_lazy(dir)?;
     weights::load_weights(model, weights, dir, device)
 }
 

@@ -11,6 +11,7 @@ use ember_core::{Error, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name of a single-file diffusers checkpoint.
 pub const WEIGHTS_NAME: &str = "diffusion_pytorch_model.safetensors";
@@ -105,66 +106,122 @@ fn io_err(path: &Path, source: std::io::Error) -> Error {
     }
 }
 
-/// Decodes one safetensors file into host f32 tensors.
-pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostWeight>> {
-    let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let st = SafeTensors::deserialize(&bytes)
+/// A checkpoint tensor not yet decoded: its bytes stay in the memory-mapped file until the
+/// loader converts it, one tensor at a time, so loading SDXL never holds a second f32 copy
+/// of the whole checkpoint on the host.
+#[derive(Debug, Clone)]
+pub struct LazyWeight {
+    /// Shape as stored.
+    pub shape: Vec<usize>,
+    /// Stored dtype (`F16`, `BF16`, `F32`, `F64`).
+    pub stored_dtype: String,
+    source: LazySource,
+}
+
+#[derive(Debug, Clone)]
+enum LazySource {
+    Host(Vec<f32>),
+    Mapped {
+        file: Arc<memmap2::Mmap>,
+        start: usize,
+        end: usize,
+        dtype: Dtype,
+    },
+}
+
+fn decode(data: &[u8], dtype: Dtype) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl LazyWeight {
+    /// Decodes the values to f32.
+    pub fn into_values(self) -> Vec<f32> {
+        match self.source {
+            LazySource::Host(v) => v,
+            LazySource::Mapped { file, start, end, dtype } => decode(&file[start..end], dtype),
+        }
+    }
+}
+
+impl From<HostWeight> for LazyWeight {
+    fn from(w: HostWeight) -> Self {
+        Self { shape: w.shape, stored_dtype: w.stored_dtype, source: LazySource::Host(w.values) }
+    }
+}
+
+/// Maps one safetensors file and indexes its tensors without decoding them. Dtypes and
+/// byte lengths are validated here, so a bad file fails before any tensor is loaded.
+pub fn read_safetensors_lazy(path: &Path) -> Result<BTreeMap<String, LazyWeight>> {
+    let file = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+    // SAFETY: the map is read-only; a checkpoint modified by another process while it is
+    // being loaded can give wrong values but not undefined behaviour in safe code using it
+    // as a byte slice.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
+    let map = Arc::new(map);
+    let st = SafeTensors::deserialize(&map[..])
         .map_err(|e| ckpt_err(path, format!("not a valid safetensors file ({e})")))?;
+    let base = map.as_ptr() as usize;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let shape = view.shape().to_vec();
-        let n: usize = shape.iter().product();
-        let (values, dtype): (Vec<f32>, &str) = match view.dtype() {
-            Dtype::F32 => (
-                data.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                "F32",
-            ),
-            Dtype::F16 => (
-                data.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                "F16",
-            ),
-            Dtype::BF16 => (
-                data.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                "BF16",
-            ),
-            Dtype::F64 => (
-                data.chunks_exact(8)
-                    .map(|c| {
-                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
-                    })
-                    .collect(),
-                "F64",
-            ),
+        let dtype = view.dtype();
+        let size = match dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::F64 => 8,
             other => {
                 return Err(ckpt_err(path, format!("tensor `{name}` has dtype {other:?}; model weights must be F16, BF16, F32 or F64")));
             }
         };
-        if values.len() != n {
+        let shape = view.shape().to_vec();
+        let n: usize = shape.iter().product();
+        let data = view.data();
+        if data.len() != n * size {
             return Err(ckpt_err(
                 path,
-                format!(
-                    "tensor `{name}` holds {} values for shape {shape:?}",
-                    values.len()
-                ),
+                format!("tensor `{name}` holds {} bytes for shape {shape:?} of {dtype:?}", data.len()),
             ));
         }
+        let start = data.as_ptr() as usize - base;
         out.insert(
             name,
-            HostWeight {
+            LazyWeight {
                 shape,
-                values,
-                stored_dtype: dtype.to_string(),
+                stored_dtype: format!("{dtype:?}"),
+                source: LazySource::Mapped { file: map.clone(), start, end: start + data.len(), dtype },
             },
         );
     }
     Ok(out)
+}
+
+/// Decodes one safetensors file into host f32 tensors.
+pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostWeight>> {
+    Ok(read_safetensors_lazy(path)?
+        .into_iter()
+        .map(|(k, w)| {
+            let shape = w.shape.clone();
+            let stored_dtype = w.stored_dtype.clone();
+            (k, HostWeight { shape, stored_dtype, values: w.into_values() })
+        })
+        .collect())
 }
 
 /// The weight files of a model folder: the single file, or the shards its index lists.
@@ -213,9 +270,21 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads every tensor of a model folder.
 pub fn read_folder_weights(dir: &Path) -> Result<BTreeMap<String, HostWeight>> {
+    Ok(read_folder_lazy(dir)?
+        .into_iter()
+        .map(|(k, w)| {
+            let shape = w.shape.clone();
+            let stored_dtype = w.stored_dtype.clone();
+            (k, HostWeight { shape, stored_dtype, values: w.into_values() })
+        })
+        .collect())
+}
+
+/// Indexes every tensor of a model folder without decoding (see [`LazyWeight`]).
+pub fn read_folder_lazy(dir: &Path) -> Result<BTreeMap<String, LazyWeight>> {
     let mut all = BTreeMap::new();
     for file in weight_files(dir)? {
-        for (k, v) in read_safetensors(&file)? {
+        for (k, v) in read_safetensors_lazy(&file)? {
             if all.insert(k.clone(), v).is_some() {
                 return Err(ckpt_err(
                     &file,
@@ -300,7 +369,7 @@ impl<B: Backend> ModuleVisitor<B> for ValueCollector {
 /// Replaces parameters with checkpoint tensors.
 struct Loader<'a, B: Backend> {
     path: Vec<(String, bool)>,
-    weights: &'a mut BTreeMap<String, HostWeight>,
+    weights: &'a mut BTreeMap<String, LazyWeight>,
     device: B::Device,
     report: LoadReport,
 }
@@ -331,7 +400,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
             .or_default() += 1;
         self.report.loaded += 1;
         let id = param.id;
-        let data = TensorData::new(w.values, w.shape)
+        let data = TensorData::new(w.into_values(), want)
             .convert_dtype(<B::FloatElem as burn::tensor::Element>::dtype());
         let tensor = Tensor::<B, D>::from_data(data, &self.device);
         param.transform_for_load(tensor, id)
@@ -341,7 +410,7 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
 /// Renames legacy attention keys (`….query.weight` → `….to_q.weight`, …) where the model
 /// expects the new name and the checkpoint lacks it.
 fn rename_legacy(
-    weights: &mut BTreeMap<String, HostWeight>,
+    weights: &mut BTreeMap<String, LazyWeight>,
     model_keys: &HashMap<String, Vec<usize>>,
 ) -> Vec<(String, String)> {
     const RENAMES: [(&str, &str); 4] = [
@@ -373,12 +442,14 @@ fn rename_legacy(
 
 /// Loads host tensors into a module, strictly: any missing, unexpected or mis-shaped tensor
 /// is an error naming them. `origin` names the file or folder in errors.
-pub fn load_weights<B: Backend, M: Module<B>>(
+pub fn load_weights<B: Backend, M: Module<B>, W: Into<LazyWeight>>(
     module: M,
-    mut weights: BTreeMap<String, HostWeight>,
+    weights: BTreeMap<String, W>,
     origin: &Path,
     device: &B::Device,
 ) -> Result<(M, LoadReport)> {
+    let mut weights: BTreeMap<String, LazyWeight> =
+        weights.into_iter().map(|(k, w)| (k, w.into())).collect();
     let model_keys: HashMap<String, Vec<usize>> =
         parameter_keys::<B, M>(&module).into_iter().collect();
     let renamed = rename_legacy(&mut weights, &model_keys);
