@@ -3,11 +3,18 @@
 //! ```text
 //! ember schedulers            # every scheduler with its options and defaults
 //! ember schedulers DDIMScheduler --json
+//! ember info path/to/unet             # class, config summary, parameters, dtypes
+//! ember forward --model path/to/unet --inputs in.safetensors --out out.safetensors
 //! ```
+//!
+//! Every error is one line on stderr, `error: ...`, with a non-zero exit status.
+
+mod model;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +36,38 @@ enum Command {
         /// Print the default scheduler_config.json instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Describe a diffusers U-Net folder.
+    ///
+    /// Prints the class, a config summary, the exact parameter count, the weight files and
+    /// their stored dtypes, and whether the checkpoint matches the config.
+    Info {
+        /// The model folder (config.json plus diffusion_pytorch_model*.safetensors).
+        dir: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one U-Net forward pass and write its output `sample`.
+    ///
+    /// The inputs file holds tensors named after diffusers' forward arguments: `sample`,
+    /// `timestep` (one per sample, or one for all), `encoder_hidden_states`,
+    /// `encoder_attention_mask`, `class_labels`, `text_embeds` / `time_ids`, `timestep_cond`,
+    /// `down_block_additional_residuals.N` and `mid_block_additional_residual`.
+    Forward {
+        /// The model folder (config.json plus diffusion_pytorch_model*.safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// safetensors file holding the forward inputs.
+        #[arg(long)]
+        inputs: PathBuf,
+        /// safetensors file to write the output `sample` to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Backend to run on: flex, ndarray, wgpu or cuda (those compiled in; default: the
+        /// first compiled in, flex in a default build).
+        #[arg(long)]
+        device: Option<String>,
     },
 }
 
@@ -54,15 +93,90 @@ impl log::Log for StderrLogger {
 fn main() {
     static LOGGER: StderrLogger = StderrLogger;
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
-    if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+    // A panic is a bug, but the user still gets one `error:` line; the standard report
+    // with its trace follows only when asked for with RUST_BACKTRACE.
+    let standard_report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let msg = info.payload_as_str().unwrap_or("unknown cause");
+        eprintln!(
+            "error: internal error{at}: {} (this is a bug; RUST_BACKTRACE=1 shows a trace)",
+            one_line(msg)
+        );
+        if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| !v.is_empty() && v != "0") {
+            standard_report(info);
+        }
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if e.use_stderr()
+                && e.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            eprintln!("{}", clap_error_line(&e));
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = run(cli) {
+        eprintln!("error: {}", error_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line; a cause already quoted by its parent (as
+/// `ember_core::Error::Io` quotes its I/O error) is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    one_line(&line)
+}
+
+/// Clap's usage error without the usage block, on one line.
+fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let body: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .collect();
+    let line = one_line(&body.join("\n"));
+    if line.starts_with("error:") {
+        format!("{line} (see --help)")
+    } else {
+        format!("error: {line} (see --help)")
+    }
+}
+
+/// Joins the non-empty lines of `text` with single spaces.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Schedulers { name, json } => schedulers(name.as_deref(), json),
+        Command::Info { dir, json } => model::info(&dir, json),
+        Command::Forward {
+            model,
+            inputs,
+            out,
+            device,
+        } => model::forward(&model, &inputs, &out, device.as_deref()),
     }
 }
 
