@@ -207,7 +207,7 @@ impl<B: Backend> GroupNorm<B> {
         field: &str,
         device: &B::Device,
     ) -> Result<Self> {
-        if num_groups == 0 || channels % num_groups != 0 {
+        if num_groups == 0 || !channels.is_multiple_of(num_groups) {
             return Err(Error::config(
                 field,
                 format!("{num_groups} groups do not divide {channels} channels"),

@@ -293,6 +293,8 @@ pub fn upsample_nearest_to<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Ten
 }
 
 /// A downsampler slot (`downsamplers.0`): a strided conv or a down-sampling ResNet block.
+// Variant sizes differ, but a model holds few of these and builds them once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Downsampler<B: Backend> {
     Conv(Downsample2D<B>),
@@ -300,6 +302,7 @@ pub enum Downsampler<B: Backend> {
 }
 
 /// An upsampler slot (`upsamplers.0`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Upsampler<B: Backend> {
     Conv(Upsample2D<B>),
@@ -451,7 +454,7 @@ pub struct TransformerSpec {
 
 impl<B: Backend> Transformer2D<B> {
     pub fn new(s: &TransformerSpec, field: &str, device: &B::Device) -> Result<Self> {
-        if s.heads == 0 || s.channels % s.heads != 0 {
+        if s.heads == 0 || !s.channels.is_multiple_of(s.heads) {
             return Err(ember_core::Error::config(
                 field,
                 format!("{} heads do not divide {} channels", s.heads, s.channels),
@@ -524,6 +527,7 @@ impl<B: Backend> Transformer2D<B> {
 
 /// An `attentions.N` slot: spatial self-attention (UNet2DModel blocks) or a spatial
 /// transformer (cross-attention blocks).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AttentionLayer<B: Backend> {
     Spatial(Attention<B>),

@@ -33,8 +33,8 @@ pub const INPUT_NAMES: [&str; 10] = [
 ];
 
 fn bad(path: &Path, message: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: path.display().to_string(),
+    Error::Parse {
+        what: format!("tensor file {}", path.display()),
         message: message.into(),
     }
 }

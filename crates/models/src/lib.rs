@@ -3,13 +3,13 @@
 //! Diffusion backbones in diffusers' exact module layout, so a diffusers model folder loads
 //! as it is and gives diffusers' numbers.
 //!
-//! - [`UNet2D`]: `UNet2DModel` (DDPM, NCSN++ score models, class-conditional pixel models)
+//! - [`UNet2D`] implements `UNet2DModel` (DDPM, NCSN++ score models, class-conditional pixel models)
 //!   and `UNet2DConditionModel` (Stable Diffusion 1.x / 2.x, SDXL), with every block type
 //!   diffusers ships for them. It implements [`ember_core::Denoiser`].
-//! - [`config`]: `config.json` with diffusers' defaults and field-named validation errors.
-//! - [`weights`]: safetensors reading (single or sharded, fp16 / bf16 / fp32 / fp64),
+//! - [`config`] reads `config.json` with diffusers' defaults and field-named validation errors.
+//! - [`weights`] does safetensors reading (single or sharded, fp16 / bf16 / fp32 / fp64),
 //!   legacy key renames, strict loading with a report, atomic saving.
-//! - [`load_unet`] / [`save_unet`]: whole model folders.
+//! - [`load_unet`] / [`save_unet`] read and write whole model folders.
 //!
 //! ```
 //! use ember_core::backend::DefaultBackend as B;

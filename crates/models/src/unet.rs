@@ -6,7 +6,7 @@ use crate::config::{ClassEmbedType, TimeEmbeddingType, TimeScaleShift, UNetClass
 use burn::module::Module;
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_conditioning::attention::{Attention, AttentionConfig};
 use ember_conditioning::embeddings::{
     sinusoidal_embedding, GaussianFourierProjection, LabelEmbedding, TimestepEmbedding,
@@ -25,6 +25,7 @@ pub enum TimeProjection<B: Backend> {
 }
 
 /// `class_embedding`: a table, an MLP or a linear layer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ClassEmbedding<B: Backend> {
     Table(LabelEmbedding<B>),
@@ -97,7 +98,7 @@ impl Builder<'_> {
         device: &B::Device,
     ) -> Result<AttentionLayer<B>> {
         let dim_head = dim_head.unwrap_or(c);
-        if c % dim_head != 0 {
+        if !c.is_multiple_of(dim_head) {
             return Err(Error::config(
                 "attention_head_dim",
                 format!("{dim_head} does not divide {c} channels"),
@@ -457,7 +458,7 @@ impl<B: Backend> UNet2D<B> {
             }
             (TimeEmbeddingType::Fourier, true) => {
                 let d = cfg.time_embedding_dim.unwrap_or(boc0 * 2);
-                if d % 2 != 0 {
+                if !d.is_multiple_of(2) {
                     return Err(Error::config(
                         "time_embedding_dim",
                         format!("must be even with fourier embeddings, got {d}"),
@@ -666,6 +667,13 @@ impl<B: Backend> UNet2D<B> {
             }
             Some(TimeProjection::Fourier(f)) => f.forward(t),
             Some(TimeProjection::Learned(table)) => {
+                // A NaN would round to some valid row and go unnoticed.
+                let finite: bool = t.clone().is_finite().all().into_scalar().elem();
+                if !finite {
+                    return Err(Error::NonFinite {
+                        what: "timestep".into(),
+                    });
+                }
                 let ids: Tensor<B, 1, Int> = t.round().int();
                 check_indices(&ids, table.num_embeddings(), "timestep")?;
                 table.forward(ids)?
@@ -708,7 +716,7 @@ impl<B: Backend> UNet2D<B> {
             return Err(Error::Shape {
                 what: "sample".into(),
                 expected: format!(
-                    "height and width multiples of {factor} (the U-Net downsamples {} times)",
+                    "height and width multiples of {factor} ({} downsampling stages)",
                     cfg.num_downsamplers()
                 ),
                 got: vec![b, c, h, w],
@@ -952,10 +960,12 @@ impl<B: Backend> UNet2D<B> {
         Ok(Some(match (kind, &self.class_embedding) {
             (ClassEmbedType::Table, Some(ClassEmbedding::Table(t))) => {
                 let labels = cond.class_labels.clone().ok_or_else(|| {
-                    Error::argument(
-                        "class_labels",
-                        "are required by this class-conditional model",
-                    )
+                    let message = if cond.class_embeds.is_some() {
+                        "must be integer label indices for this model (got floats)"
+                    } else {
+                        "are required by this class-conditional model"
+                    };
+                    Error::argument("class_labels", message)
                 })?;
                 check_b(labels.dims()[0])?;
                 check_indices(&labels, t.num_embeddings(), "class_labels")?;
@@ -979,7 +989,7 @@ impl<B: Backend> UNet2D<B> {
                 let e = cond.class_embeds.clone().ok_or_else(|| {
                     Error::argument(
                         "class_labels",
-                        "this model takes float class embeddings (Conditioning::class_embeds)",
+                        "must be a float tensor [B, dim] for this model's projection / identity class embedding",
                     )
                 })?;
                 let [eb, ed] = e.dims();

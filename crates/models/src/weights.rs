@@ -156,14 +156,23 @@ impl LazyWeight {
     pub fn into_values(self) -> Vec<f32> {
         match self.source {
             LazySource::Host(v) => v,
-            LazySource::Mapped { file, start, end, dtype } => decode(&file[start..end], dtype),
+            LazySource::Mapped {
+                file,
+                start,
+                end,
+                dtype,
+            } => decode(&file[start..end], dtype),
         }
     }
 }
 
 impl From<HostWeight> for LazyWeight {
     fn from(w: HostWeight) -> Self {
-        Self { shape: w.shape, stored_dtype: w.stored_dtype, source: LazySource::Host(w.values) }
+        Self {
+            shape: w.shape,
+            stored_dtype: w.stored_dtype,
+            source: LazySource::Host(w.values),
+        }
     }
 }
 
@@ -196,7 +205,10 @@ pub fn read_safetensors_lazy(path: &Path) -> Result<BTreeMap<String, LazyWeight>
         if data.len() != n * size {
             return Err(ckpt_err(
                 path,
-                format!("tensor `{name}` holds {} bytes for shape {shape:?} of {dtype:?}", data.len()),
+                format!(
+                    "tensor `{name}` holds {} bytes for shape {shape:?} of {dtype:?}",
+                    data.len()
+                ),
             ));
         }
         let start = data.as_ptr() as usize - base;
@@ -205,7 +217,12 @@ pub fn read_safetensors_lazy(path: &Path) -> Result<BTreeMap<String, LazyWeight>
             LazyWeight {
                 shape,
                 stored_dtype: format!("{dtype:?}"),
-                source: LazySource::Mapped { file: map.clone(), start, end: start + data.len(), dtype },
+                source: LazySource::Mapped {
+                    file: map.clone(),
+                    start,
+                    end: start + data.len(),
+                    dtype,
+                },
             },
         );
     }
@@ -219,7 +236,14 @@ pub fn read_safetensors(path: &Path) -> Result<BTreeMap<String, HostWeight>> {
         .map(|(k, w)| {
             let shape = w.shape.clone();
             let stored_dtype = w.stored_dtype.clone();
-            (k, HostWeight { shape, stored_dtype, values: w.into_values() })
+            (
+                k,
+                HostWeight {
+                    shape,
+                    stored_dtype,
+                    values: w.into_values(),
+                },
+            )
         })
         .collect())
 }
@@ -275,7 +299,14 @@ pub fn read_folder_weights(dir: &Path) -> Result<BTreeMap<String, HostWeight>> {
         .map(|(k, w)| {
             let shape = w.shape.clone();
             let stored_dtype = w.stored_dtype.clone();
-            (k, HostWeight { shape, stored_dtype, values: w.into_values() })
+            (
+                k,
+                HostWeight {
+                    shape,
+                    stored_dtype,
+                    values: w.into_values(),
+                },
+            )
         })
         .collect())
 }

@@ -36,7 +36,11 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter()
         .zip(b)
         .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+        // NaN counts as an infinite error (f32::max would skip it).
+        .fold(
+            0.0,
+            |m: f32, e| if e.is_nan() { f32::INFINITY } else { m.max(e) },
+        )
 }
 
 #[allow(dead_code)]
