@@ -16,10 +16,10 @@
 //!   (`sum().into_scalar()` of the final sample and of the last model input) before the
 //!   timer stops. That read-back (one reduction over 16 Ki elements, twice per 50-step loop)
 //!   is inside the timing, as a pipeline would pay it too.
-//! - Threads: burn-flex is compiled here with only its `std` feature (the workspace depends
-//!   on burn with `default-features = false`), so its `rayon` and `simd` features are off and
-//!   every op runs on the calling thread; `RAYON_NUM_THREADS` has no effect. The bench prints
-//!   the process's thread count at the end as evidence.
+//! - Threads: the numbers in docs/benchmarks.md were taken when burn-flex was built without
+//!   its `simd` and `rayon` features (one thread, scalar kernels). `ember-core`'s `flex`
+//!   feature now enables both; `RAYON_NUM_THREADS` caps the threads. The bench prints the
+//!   process's thread count at the end.
 //!
 //! Output: criterion's usual lines (throughput in elements/s = steps/s, since one iteration
 //! is 50 steps) plus explicit `PER-STEP` lines: the median over criterion's measurement
