@@ -365,3 +365,45 @@ fn zero_steps_and_bad_masks_are_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("strength"), "{e}");
 }
+
+/// A 5-D (video) x₀ oracle: predicts the clip `target` for any input.
+struct VideoOracle(Tensor<B, 5>);
+impl Denoiser<B, 5> for VideoOracle {
+    fn prediction(&self) -> Prediction {
+        Prediction::Sample
+    }
+    fn forward(
+        &self,
+        x: Tensor<B, 5>,
+        _t: Tensor<B, 1>,
+        _c: &Conditioning<B>,
+    ) -> Result<Tensor<B, 5>> {
+        Ok(self.0.clone().expand(x.dims()))
+    }
+}
+
+#[test]
+fn the_same_loop_samples_five_dimensional_videos() {
+    let device = Default::default();
+    let target = Tensor::<B, 5>::random(
+        [1, 2, 3, 4, 4],
+        ember_core::burn::tensor::Distribution::Uniform(-1.0, 1.0),
+        &device,
+    );
+    let mut s = ember_schedulers::from_config_json::<Tensor<B, 5>>(&json!({
+        "_class_name": "DDIMScheduler", "prediction_type": "sample", "clip_sample": false
+    }))
+    .unwrap();
+    let out = sample(
+        &VideoOracle(target.clone()),
+        s.as_mut(),
+        &Conditioning::none(),
+        [1, 2, 3, 4, 4],
+        &SampleOptions::new(10, 5),
+        &device,
+        &mut no_hook(),
+    )
+    .unwrap();
+    let err: f32 = (out - target).abs().max().into_scalar();
+    assert!(err < 1e-5, "{err}");
+}
