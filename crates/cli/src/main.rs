@@ -5,11 +5,13 @@
 //! ember schedulers DDIMScheduler --json
 //! ember info path/to/unet             # class, config summary, parameters, dtypes
 //! ember forward --model path/to/unet --inputs in.safetensors --out out.safetensors
+//! ember sample --model path/to/pipeline --steps 50 --seed 0 --batch 4 --out grid.png
 //! ```
 //!
 //! Every error is one line on stderr, `error: ...`, with a non-zero exit status.
 
 mod model;
+mod sample;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -27,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run; `sample`'s many options make it the largest variant, harmlessly.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// List every scheduler with its options and their defaults.
@@ -66,6 +70,67 @@ enum Command {
         out: PathBuf,
         /// Backend to run on: flex, ndarray, wgpu or cuda (those compiled in; default: the
         /// first compiled in, flex in a default build).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Sample images from a diffusers pipeline folder (model_index.json, unet/, scheduler/).
+    ///
+    /// Writes a grid PNG of the batch; optionally the raw final tensor (`sample`, before the
+    /// mapping to [0, 1]) and an animated GIF of every step. With --init-image it runs
+    /// img2img (SDEdit), adding --mask it inpaints (white = generate, black = keep).
+    Sample {
+        /// The pipeline folder (model_index.json, unet/, scheduler/).
+        #[arg(long)]
+        model: PathBuf,
+        /// Swap the folder's scheduler for this class (diffusers class name, see
+        /// `ember schedulers`).
+        #[arg(long, conflicts_with = "scheduler_config")]
+        scheduler: Option<String>,
+        /// Use this scheduler_config.json instead of the folder's.
+        #[arg(long)]
+        scheduler_config: Option<PathBuf>,
+        /// Number of inference steps.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the initial noise and of stochastic steps.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Number of images.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Class label for the whole batch (class-conditional models).
+        #[arg(long)]
+        class_label: Option<i64>,
+        /// Classifier-free guidance scale (1: no guidance); other values need --null-class.
+        #[arg(long, default_value_t = 1.0)]
+        guidance_scale: f64,
+        /// Label of the unconditional branch under guidance.
+        #[arg(long)]
+        null_class: Option<i64>,
+        /// PNG to start from (img2img / inpainting); must have the model's size.
+        #[arg(long)]
+        init_image: Option<PathBuf>,
+        /// How much of the init image to replace, in [0, 1] (default 0.8; 1.0 with --mask).
+        #[arg(long)]
+        strength: Option<f64>,
+        /// Inpainting mask (PNG luminance, white = generate, black = keep; or a
+        /// .safetensors file with tensor `mask` in [0, 1]); needs --init-image.
+        #[arg(long)]
+        mask: Option<PathBuf>,
+        /// safetensors file with tensor `latents` [B, C, H, W]: the initial noise, before
+        /// the scheduler's init_noise_sigma scaling.
+        #[arg(long)]
+        init_noise: Option<PathBuf>,
+        /// Grid PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// safetensors file to write the final tensor `sample` to (model space).
+        #[arg(long)]
+        save_tensor: Option<PathBuf>,
+        /// Animated GIF with one frame (grid) per step.
+        #[arg(long)]
+        trajectory: Option<PathBuf>,
+        /// Backend to run on: flex, ndarray, wgpu or cuda (those compiled in).
         #[arg(long)]
         device: Option<String>,
     },
@@ -177,6 +242,43 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
         } => model::forward(&model, &inputs, &out, device.as_deref()),
+        Command::Sample {
+            model,
+            scheduler,
+            scheduler_config,
+            steps,
+            seed,
+            batch,
+            class_label,
+            guidance_scale,
+            null_class,
+            init_image,
+            strength,
+            mask,
+            init_noise,
+            out,
+            save_tensor,
+            trajectory,
+            device,
+        } => sample::run(&sample::SampleArgs {
+            model,
+            scheduler,
+            scheduler_config,
+            steps,
+            seed,
+            batch,
+            class_label,
+            null_class,
+            guidance_scale,
+            init_image,
+            strength,
+            mask,
+            init_noise,
+            out,
+            save_tensor,
+            trajectory,
+            device,
+        }),
     }
 }
 
