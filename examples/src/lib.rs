@@ -6,6 +6,13 @@
 //! - `analytic_mixture`: samples a 2-D Gaussian mixture through its exact denoiser with a
 //!   dozen schedulers chosen at run time by diffusers class name, and compares the samples'
 //!   moments and component weights with the true distribution.
+//! - `schedulers_side_by_side`: one diffusers pipeline folder (the built-in tiny UNet by
+//!   default), one seed, many schedulers swapped by class name; model evaluations, wall
+//!   time and convergence towards a 200-step DDIM reference.
+//! - `custom_scheduler`: a deterministic DDIM written in the example, implementing
+//!   `ember_core::Scheduler`, driving the built-in UNet and matching `DDIMScheduler`.
+//! - `custom_model`: the exact denoiser of a Gaussian data distribution written in the
+//!   example, implementing `ember_core::Denoiser`, sampled with several built-in schedulers.
 //!
 //! This library part only holds the helpers the examples share.
 
@@ -48,4 +55,22 @@ pub fn sample_stats(points: &HostTensor, mixture: &GaussianMixture) -> SampleSta
         covariance,
         weights,
     }
+}
+
+/// The image side length of a pipeline folder's UNet: `sample_size` of `unet/config.json`
+/// (diffusers' pipelines sample at that size; the model itself accepts any multiple of its
+/// downsampling factor).
+pub fn unet_sample_size(pipeline_dir: &std::path::Path) -> anyhow::Result<usize> {
+    let path = pipeline_dir.join("unet").join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)?;
+    let size = match json.get("sample_size") {
+        Some(serde_json::Value::Number(n)) => n.as_u64(),
+        // [height, width]: use the height (the examples sample squares).
+        Some(serde_json::Value::Array(v)) => v.first().and_then(serde_json::Value::as_u64),
+        _ => None,
+    };
+    size.map(|s| s as usize)
+        .ok_or_else(|| anyhow::anyhow!("{} has no integer `sample_size`", path.display()))
 }

@@ -895,6 +895,16 @@ impl UNetConfig {
         Ok(config)
     }
 
+    /// diffusers' `sample_size` (the native height and width), if the config gives one.
+    pub fn sample_size(&self) -> Option<[usize; 2]> {
+        match self.raw.get("sample_size")? {
+            Value::Array(a) if a.len() == 2 => {
+                Some([a[0].as_u64()? as usize, a[1].as_u64()? as usize])
+            }
+            v => v.as_u64().map(|n| [n as usize, n as usize]),
+        }
+    }
+
     /// Number of 2× downsamplings (all blocks but the last one downsample).
     pub fn num_downsamplers(&self) -> usize {
         self.down_block_types.len() - 1
