@@ -407,3 +407,37 @@ fn the_same_loop_samples_five_dimensional_videos() {
     let err: f32 = (out - target).abs().max().into_scalar();
     assert!(err < 1e-5, "{err}");
 }
+
+#[test]
+fn hooks_see_x0_previews_and_can_stop_early() {
+    let unet = tiny_unet();
+    let device = Default::default();
+    let mut s = scheduler(json!({"_class_name": "DDIMScheduler"}));
+    let mut seen = Vec::new();
+    let mut hook = |info: &StepInfo<'_, B, 4>| {
+        // DDIM reports its x₀ prediction at every step: a preview of the final image.
+        assert_eq!(
+            info.pred_original_sample.map(|p| p.dims()),
+            Some([1, 3, 8, 8])
+        );
+        seen.push(info.timestep);
+        if info.step == 3 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    };
+    let out = sample(
+        &unet,
+        s.as_mut(),
+        &Conditioning::none(),
+        [1, 3, 8, 8],
+        &SampleOptions::new(10, 2),
+        &device,
+        &mut hook,
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 4, "stopped after the 4th step");
+    assert_eq!(seen, s.timesteps()[..4].to_vec());
+    assert_eq!(out.dims(), [1, 3, 8, 8]);
+}
