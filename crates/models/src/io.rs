@@ -1,7 +1,7 @@
 //! Forward-pass inputs and outputs as safetensors files whose tensor names are diffusers'
 //! forward argument names, the exchange format of `ember forward` and the parity fixtures.
 
-use crate::weights::{write_atomic, HostWeight};
+use crate::weights::{decode, write_f32_safetensors, HostWeight};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use ember_core::{Conditioning, Error, Result};
@@ -63,30 +63,9 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensorValue>> {
             })
         };
         let v = match view.dtype() {
-            Dtype::F32 => float(
-                d.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-                "F32",
-            ),
-            Dtype::F64 => float(
-                d.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-                    .collect(),
-                "F64",
-            ),
-            Dtype::F16 => float(
-                d.chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                "F16",
-            ),
-            Dtype::BF16 => float(
-                d.chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                    .collect(),
-                "BF16",
-            ),
+            dt @ (Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16) => {
+                float(decode(d, dt), &format!("{dt:?}"))
+            }
             Dtype::I64 => int(d
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
@@ -249,32 +228,17 @@ pub fn read_forward_inputs<B: Backend>(
 
 /// Writes f32 tensors to a safetensors file (atomically).
 pub fn write_tensors<B: Backend>(path: &Path, tensors: &[(&str, Tensor<B, 4>)]) -> Result<()> {
-    let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let host = tensors
         .iter()
         .map(|(name, t)| {
-            let shape = t.dims().to_vec();
             let values = t
                 .clone()
                 .into_data()
                 .convert::<f32>()
                 .into_vec::<f32>()
                 .unwrap_or_default();
-            (
-                name.to_string(),
-                shape,
-                values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
+            (name.to_string(), t.dims().to_vec(), values)
         })
         .collect();
-    let views = buffers
-        .iter()
-        .map(|(k, s, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| bad(path, format!("cannot encode `{k}`: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| bad(path, format!("cannot serialise: {e}")))?;
-    write_atomic(path, &bytes)
+    write_f32_safetensors(path, host, None)
 }

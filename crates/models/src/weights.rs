@@ -129,7 +129,9 @@ enum LazySource {
     },
 }
 
-fn decode(data: &[u8], dtype: Dtype) -> Vec<f32> {
+/// Decodes little-endian float bytes (F32, F16, BF16, F64) to f32; other dtypes give an
+/// empty vector (callers validate the dtype first).
+pub(crate) fn decode(data: &[u8], dtype: Dtype) -> Vec<f32> {
     match dtype {
         Dtype::F32 => data
             .chunks_exact(4)
@@ -508,8 +510,18 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Re
         tensors: Vec::new(),
     };
     module.visit::<ValueCollector>(&mut c);
-    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = c
-        .tensors
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_f32_safetensors(path, c.tensors, Some(meta))
+}
+
+/// Serialises `(name, shape, values)` f32 tensors, sorted by name, to `path` atomically.
+pub(crate) fn write_f32_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let mut buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(k, shape, v)| (k, shape, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
         .collect();
@@ -522,9 +534,7 @@ pub fn save_safetensors<B: Backend, M: Module<B>>(module: &M, path: &Path) -> Re
                 .map_err(|e| ckpt_err(path, format!("cannot encode `{k}`: {e}")))
         })
         .collect::<Result<_>>()?;
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    let bytes = safetensors::serialize(views, Some(meta))
+    let bytes = safetensors::serialize(views, metadata)
         .map_err(|e| ckpt_err(path, format!("cannot serialise: {e}")))?;
     write_atomic(path, &bytes)
 }
