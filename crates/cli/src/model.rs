@@ -15,9 +15,9 @@ use std::path::Path;
 /// The backends `--device` can name in some build.
 const ALL_BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "cuda"];
 
-/// `ember forward`: one forward pass of the model in `model_dir` on the inputs in
-/// `inputs`, writing `sample` to `out`, on the backend named by `device`.
-pub fn forward(model_dir: &Path, inputs: &Path, out: &Path, device: Option<&str>) -> Result<()> {
+/// The backend `--device` names (default: the first compiled in), with a clear error for
+/// a known backend this build lacks.
+pub(crate) fn backend_name(device: Option<&str>) -> Result<String> {
     let available = available_backends();
     let name = match device {
         Some(name) => name,
@@ -33,6 +33,14 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path, device: Option<&str>
         );
     }
     check_backend(name)?;
+    Ok(name.to_string())
+}
+
+/// `ember forward`: one forward pass of the model in `model_dir` on the inputs in
+/// `inputs`, writing `sample` to `out`, on the backend named by `device`.
+pub fn forward(model_dir: &Path, inputs: &Path, out: &Path, device: Option<&str>) -> Result<()> {
+    let name = backend_name(device)?;
+    let name = name.as_str();
     if !model_dir.is_dir() {
         bail!("{}: no such model folder", model_dir.display());
     }

@@ -5,8 +5,8 @@
 //! Every input is read and checked (shapes, sizes, labels, output folders) before the
 //! weights are loaded and before any step runs.
 
+use crate::model::backend_name;
 use anyhow::{anyhow, bail, Context, Result};
-use ember_core::backend::{available_backends, check_backend};
 use ember_core::burn::tensor::backend::Backend;
 use ember_core::burn::tensor::{Element, Int, Tensor, TensorData};
 use ember_core::Conditioning;
@@ -19,9 +19,6 @@ use ember_pipelines::{
 use image::{DynamicImage, ImageBuffer, Luma, Rgb, RgbaImage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-
-/// The backends `--device` can name in some build.
-const ALL_BACKENDS: [&str; 4] = ["flex", "ndarray", "wgpu", "cuda"];
 
 /// Everything `ember sample` is asked to do.
 #[derive(Debug, Clone)]
@@ -78,26 +75,6 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         "cuda" => run_on::<ember_core::burn::backend::Cuda>(Default::default(), args, prepared),
         other => bail!("device `{other}` has no dispatch in this build"),
     }
-}
-
-/// The backend `--device` names (default: the first compiled in).
-fn backend_name(device: Option<&str>) -> Result<String> {
-    let available = available_backends();
-    let name = match device {
-        Some(name) => name,
-        None => match available.first() {
-            Some(name) => *name,
-            None => bail!("this build has no backend compiled in"),
-        },
-    };
-    if ALL_BACKENDS.contains(&name) && !available.contains(&name) {
-        bail!(
-            "device `{name}` is not compiled into this build (rebuild ember with `--features {name}`); available: {}",
-            available.join(", ")
-        );
-    }
-    check_backend(name)?;
-    Ok(name.to_string())
 }
 
 /// Fails unless `path` can be written: its folder exists and accepts a new file, and it is

@@ -13,17 +13,17 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Int, Shape, Tensor};
 use ember_core::{Error, Result};
 
-/// A parameter drawn from `U(-bound, bound)` on first use (PyTorch's default for Linear and
-/// Conv weights and biases is `bound = 1/sqrt(fan_in)`).
-pub fn uniform_param<B: Backend, const D: usize>(
+/// A parameter of `shape` whose value `init` draws on first use (never, if a checkpoint
+/// replaces it first).
+fn lazy_param<B: Backend, const D: usize>(
     shape: [usize; D],
-    bound: f64,
     device: &B::Device,
+    init: impl Fn([usize; D], &B::Device) -> Tensor<B, D> + Send + Sync + 'static,
 ) -> Param<Tensor<B, D>> {
     Param::uninitialized(
         ParamId::new(),
         move |device, require_grad| {
-            let t = Tensor::<B, D>::random(shape, Distribution::Uniform(-bound, bound), device);
+            let t = init(shape, device);
             if require_grad {
                 t.require_grad()
             } else {
@@ -34,6 +34,18 @@ pub fn uniform_param<B: Backend, const D: usize>(
         true,
         Shape::new(shape),
     )
+}
+
+/// A parameter drawn from `U(-bound, bound)` on first use (PyTorch's default for Linear and
+/// Conv weights and biases is `bound = 1/sqrt(fan_in)`).
+pub fn uniform_param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    bound: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    lazy_param(shape, device, move |s, d| {
+        Tensor::random(s, Distribution::Uniform(-bound, bound), d)
+    })
 }
 
 /// A parameter filled with `value` on first use (norm scales and offsets).
@@ -42,20 +54,7 @@ pub fn constant_param<B: Backend, const D: usize>(
     value: f64,
     device: &B::Device,
 ) -> Param<Tensor<B, D>> {
-    Param::uninitialized(
-        ParamId::new(),
-        move |device, require_grad| {
-            let t = Tensor::<B, D>::full(shape, value, device);
-            if require_grad {
-                t.require_grad()
-            } else {
-                t
-            }
-        },
-        device.clone(),
-        true,
-        Shape::new(shape),
-    )
+    lazy_param(shape, device, move |s, d| Tensor::full(s, value, d))
 }
 
 /// A parameter drawn from `N(0, std²)` on first use (embedding tables).
@@ -64,20 +63,9 @@ pub fn normal_param<B: Backend, const D: usize>(
     std: f64,
     device: &B::Device,
 ) -> Param<Tensor<B, D>> {
-    Param::uninitialized(
-        ParamId::new(),
-        move |device, require_grad| {
-            let t = Tensor::<B, D>::random(shape, Distribution::Normal(0.0, std), device);
-            if require_grad {
-                t.require_grad()
-            } else {
-                t
-            }
-        },
-        device.clone(),
-        true,
-        Shape::new(shape),
-    )
+    lazy_param(shape, device, move |s, d| {
+        Tensor::random(s, Distribution::Normal(0.0, std), d)
+    })
 }
 
 /// `y = x Wᵀ + b` over the last dimension, with `weight` stored `[out, in]` as in PyTorch.
