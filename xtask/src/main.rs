@@ -4,7 +4,18 @@
 //!   Python virtualenv in `tools/reference/.venv` on first use; needs PyPI access).
 //! - `bench`: the scheduler per-step overhead benchmark, Ember (criterion) and then
 //!   diffusers (reference script) on the same machine.
+//! - `bench --vs-torch [--threads N] [--rounds R] [--only CASE,...] [--warmup W] [--runs N]`:
+//!   Ember against PyTorch + diffusers on the same weights, inputs and thread count (default
+//!   2 threads, 3 rounds): DDPM-CIFAR10 U-Net forward at batch 1 and 8 (`ddpm_cifar10_b1`,
+//!   `ddpm_cifar10_b8`), a class-conditional MNIST U-Net training step at batch 64
+//!   (`mnist_train_b64`), the Stable Diffusion 1.5 U-Net forward (`sd15_unet_b1`) and
+//!   SD 1.5's 4,096-token self-attention alone (`attention_4096`). Alternates one process per
+//!   side, case and round; prints median time and peak RSS per side with their ratios, and
+//!   writes `target/bench-vs-torch/results.json` and `results.md` (see [`vs_torch`] and
+//!   `docs/benchmarks.md`).
 //! - `ci`: what CI runs (`.ci/run`).
+
+mod vs_torch;
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -19,7 +30,11 @@ fn main() -> Result<()> {
             cmd.arg("make_scheduler_fixtures.py").args(&args[1..]);
             run(cmd)
         }
+        Some("bench") if args.iter().any(|a| a == "--vs-torch") => vs_torch::run(&root, &args[1..]),
         Some("bench") => {
+            if let Some(extra) = args.get(1) {
+                bail!("unknown option `{extra}` for `bench`; the only option is --vs-torch (which takes --threads N, --rounds R, --only CASE,..., --warmup W, --runs N)");
+            }
             let mut cargo = Command::new(env!("CARGO"));
             cargo.args([
                 "bench",

@@ -2,11 +2,11 @@
 
 use anyhow::{bail, Result};
 use ember_core::backend::{available_backends, check_backend, DefaultBackend};
-use ember_core::burn::tensor::backend::Backend;
 use ember_core::Denoiser;
 use ember_models::config::{ClassEmbedType, TimeEmbeddingType};
 use ember_models::io::{read_forward_inputs, write_tensors};
 use ember_models::weights::{load_weights, read_folder_weights, weight_files};
+use ember_models::EmberBackend;
 use ember_models::{load_unet, load_unet_config, parameter_count, UNet2D, UNetClass, UNetConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -82,7 +82,12 @@ pub fn forward(model_dir: &Path, inputs: &Path, out: &Path, device: Option<&str>
 }
 
 /// Loads the model and the inputs on `device`, runs the forward pass and writes `sample`.
-fn run<B: Backend>(device: B::Device, model_dir: &Path, inputs: &Path, out: &Path) -> Result<()> {
+fn run<B: EmberBackend>(
+    device: B::Device,
+    model_dir: &Path,
+    inputs: &Path,
+    out: &Path,
+) -> Result<()> {
     // The inputs first: a bad inputs file fails before the model is loaded.
     let inputs = read_forward_inputs::<B>(inputs, &device)?;
     let (unet, _report) =

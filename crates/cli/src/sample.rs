@@ -12,6 +12,7 @@ use ember_core::burn::tensor::{Element, Int, Tensor, TensorData};
 use ember_core::Conditioning;
 use ember_models::config::ClassEmbedType;
 use ember_models::io::{read_tensors, write_tensors, HostTensorValue};
+use ember_models::EmberBackend;
 use ember_pipelines::{
     img2img, inpaint, load_pipeline, sample, sample_from_noise, ClassifierFreeGuidance, Control,
     SampleOptions, SchedulerChoice, StepInfo,
@@ -520,7 +521,7 @@ fn draw_progress(step: usize, total: usize, t: f64) {
     std::io::stderr().flush().ok();
 }
 
-fn run_on<B: Backend>(device: B::Device, args: &SampleArgs, p: Prepared) -> Result<()> {
+fn run_on<B: EmberBackend>(device: B::Device, args: &SampleArgs, p: Prepared) -> Result<()> {
     let mut pipe = load_pipeline::<B>(&args.model, &p.choice, &device)?;
     let shape = p.shape;
     let b = shape[0];

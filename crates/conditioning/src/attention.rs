@@ -6,11 +6,10 @@
 //! (U-Net attention blocks, with group norm and a residual), self-attention over tokens,
 //! and cross-attention from tokens to a context such as text encoder states.
 
+use crate::kernels::{attention, EmberBackend};
 use crate::nn::{GroupNorm, Linear};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 use ember_core::Result;
 
@@ -109,7 +108,9 @@ impl<B: Backend> Attention<B> {
             rescale_output_factor: config.rescale_output_factor,
         })
     }
+}
 
+impl<B: EmberBackend> Attention<B> {
     /// Attends `x` (`[B, L, C]`) to `context` (`[B, S, C_ctx]`, or `x` itself when `None`).
     /// `bias` is an additive score bias `[B, 1, S]` (diffusers turns a 0/1 attention mask
     /// into `(1 − mask)·(−10000)`).
@@ -134,13 +135,8 @@ impl<B: Backend> Attention<B> {
             split(q, l),
             split(k, s),
             split(v, s),
-            None,
             attn_bias,
-            AttentionModuleOptions {
-                scale: Some(1.0 / (d as f64).sqrt()),
-                softcap: None,
-                is_causal: false,
-            },
+            1.0 / (d as f64).sqrt(),
         );
         let out = out.swap_dims(1, 2).reshape([b, l, inner]);
         self.to_out[0].forward(out)
@@ -148,16 +144,29 @@ impl<B: Backend> Attention<B> {
 
     /// Spatial self-attention over a `[B, C, H, W]` feature map, with the block's group
     /// norm, residual and output rescaling.
+    ///
+    /// Computed channel-first (`W·X` on `[B, C, H·W]`), so the head split and merge are views
+    /// rather than transposed copies (see [`crate::kernels::attention`]).
     pub fn forward_spatial(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, height, width] = x.dims();
+        let n = height * width;
         let residual = x.clone();
-        let mut seq = x.reshape([b, c, height * width]);
+        let mut seq = x.reshape([b, c, n]);
         if let Some(norm) = &self.group_norm {
             seq = norm.forward(seq);
         }
-        let tokens = seq.swap_dims(1, 2);
-        let out = self.forward_tokens(tokens, None, None);
-        let mut out = out.swap_dims(1, 2).reshape([b, c, height, width]);
+        let q = self.to_q.forward_channels_first(seq.clone());
+        let k = self.to_k.forward_channels_first(seq.clone());
+        let v = self.to_v.forward_channels_first(seq);
+        let inner = q.dims()[1];
+        let h = self.heads;
+        let d = inner / h;
+        let split = |t: Tensor<B, 3>| t.reshape([b, h, d, n]).swap_dims(2, 3);
+        let out = attention(split(q), split(k), split(v), None, 1.0 / (d as f64).sqrt());
+        let out = out.swap_dims(2, 3).reshape([b, inner, n]);
+        let mut out = self.to_out[0]
+            .forward_channels_first(out)
+            .reshape([b, c, height, width]);
         if self.residual_connection {
             out = out + residual;
         }

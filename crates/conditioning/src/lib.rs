@@ -9,6 +9,8 @@
 //!   classifier-free guidance.
 //! - [`attention`]: multi-head self- and cross-attention on burn's fused attention op.
 //! - [`film`]: FiLM / AdaGN scale-shift modulation.
+//! - [`kernels`]: fused group norm (+SiLU, +FiLM) and attention as a burn backend
+//!   extension, [`EmberBackend`], with backward passes and generic fallbacks.
 //!
 //! ```
 //! use ember_conditioning::embeddings::SinusoidalTimesteps;
@@ -29,6 +31,7 @@
 pub mod attention;
 pub mod embeddings;
 pub mod film;
+pub mod kernels;
 pub mod nn;
 
 pub use attention::{Attention, AttentionConfig};
@@ -36,4 +39,5 @@ pub use embeddings::{
     sinusoidal_embedding, GaussianFourierProjection, LabelEmbedding, SinusoidalTimesteps,
     TimestepEmbedding,
 };
+pub use kernels::EmberBackend;
 pub use nn::{Activation, Conv2d, Embedding, GroupNorm, LayerNorm, Linear};

@@ -5,10 +5,10 @@
 //! Parameters are created lazily: a model built only to receive a checkpoint never spends
 //! time drawing random weights it is about to overwrite.
 
+use crate::kernels::{conv2d, group_norm, EmberBackend, GroupNormOptions, NormActivation};
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Int, Shape, Tensor};
 use ember_core::{Error, Result};
@@ -112,6 +112,19 @@ impl<B: Backend> Linear<B> {
         out[D - 1] = out_f;
         y.reshape(out)
     }
+
+    /// Applies the layer along the channel axis of a channel-first `[B, in, N]` tensor,
+    /// giving `[B, out, N]` (`W·X + b`), which spares the transposes a feature map would
+    /// otherwise need to become `[B, N, in]` tokens.
+    pub fn forward_channels_first(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let w = self.weight.val();
+        let out_f = w.dims()[0];
+        let y = w.unsqueeze_dim::<3>(0).matmul(x);
+        match &self.bias {
+            Some(b) => y + b.val().reshape([1, out_f, 1]),
+            None => y,
+        }
+    }
 }
 
 /// 2-D convolution with PyTorch's `[out, in / groups, kh, kw]` weight layout.
@@ -153,8 +166,10 @@ impl<B: Backend> Conv2d<B> {
     pub fn in_channels(&self) -> usize {
         self.weight.lazy_shape()[1]
     }
+}
 
-    /// Applies the convolution to `[B, C, H, W]`.
+impl<B: EmberBackend> Conv2d<B> {
+    /// Applies the convolution to `[B, C, H, W]` (through [`crate::kernels::conv2d`]).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         conv2d(
             x,
@@ -208,20 +223,28 @@ impl<B: Backend> GroupNorm<B> {
             eps,
         })
     }
+}
 
-    /// Normalises `[B, C, ...]` (rank 3 or 4).
+impl<B: EmberBackend> GroupNorm<B> {
+    /// Normalises `[B, C, ...]` (rank 3 to 5).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let dims = x.dims();
-        let (b, c) = (dims[0], dims[1]);
-        let rest: usize = dims[1..].iter().product::<usize>() / self.num_groups;
-        let grouped = x.reshape([b, self.num_groups, rest]);
-        let mean = grouped.clone().mean_dim(2);
-        let centered = grouped - mean;
-        let var = centered.clone().powi_scalar(2).mean_dim(2);
-        let normed = (centered / (var + self.eps).sqrt()).reshape(dims);
-        let mut affine_shape = [1usize; D];
-        affine_shape[1] = c;
-        normed * self.weight.val().reshape(affine_shape) + self.bias.val().reshape(affine_shape)
+        self.forward_fused(x, None, NormActivation::None)
+    }
+
+    /// `act((norm(x))·(1 + scale) + shift)` as one fused kernel (see [`crate::kernels`]),
+    /// with `film = (scale, shift)`, each `[B, C]`.
+    pub fn forward_fused<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        film: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+        activation: NormActivation,
+    ) -> Tensor<B, D> {
+        let options = GroupNormOptions {
+            num_groups: self.num_groups,
+            eps: self.eps,
+            activation,
+        };
+        group_norm(x, self.weight.val(), self.bias.val(), film, options)
     }
 }
 

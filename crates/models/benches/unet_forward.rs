@@ -11,14 +11,49 @@
 //! reference script's `--save`, so both sides run identical weights and inputs; the output is
 //! checked against diffusers' (max-abs-err printed) before timing. Each timed forward ends
 //! with a scalar read-back, as on the Python side. One JSON line per batch size, same fields
-//! as the reference script; `peak_rss_mb` is the process's peak resident set so far.
+//! as the reference script; `peak_rss_mb` is the process's peak resident set so far, and
+//! `allocations_per_forward` / `allocated_mb_per_forward` count the heap allocations of one
+//! forward (a counting global allocator).
 
 use ember_core::backend::DefaultBackend as B;
 use ember_core::burn::tensor::{Tensor, TensorData};
 use ember_core::{Conditioning, Denoiser};
 use ember_models::io::{read_tensors, HostTensorValue};
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// Counts heap allocations (calls and bytes), to report what one forward allocates.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED_BYTES.fetch_add(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -83,6 +118,17 @@ fn main() {
                 .sum()
                 .into_scalar();
         }
+        let (calls, bytes) = (
+            ALLOCATIONS.load(Ordering::Relaxed),
+            ALLOCATED_BYTES.load(Ordering::Relaxed),
+        );
+        let _ = unet
+            .forward(sample.clone(), timesteps.clone(), &cond)
+            .unwrap()
+            .sum()
+            .into_scalar();
+        let alloc_calls = ALLOCATIONS.load(Ordering::Relaxed) - calls;
+        let alloc_mb = (ALLOCATED_BYTES.load(Ordering::Relaxed) - bytes) as f64 / 1e6;
         let mut ms = Vec::with_capacity(runs);
         for _ in 0..runs {
             let start = Instant::now();
@@ -101,7 +147,7 @@ fn main() {
             0.5 * (ms[runs / 2 - 1] + ms[runs / 2])
         };
         println!(
-            "{{\"model\": \"ddpm_cifar10\", \"side\": \"ember-flex\", \"batch\": {b}, \"median_ms\": {median:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"threads\": \"{threads}\", \"runs\": {runs}, \"peak_rss_mb\": {:.1}, \"max_abs_err_vs_diffusers\": {err:.2e}}}",
+            "{{\"model\": \"ddpm_cifar10\", \"side\": \"ember-flex\", \"batch\": {b}, \"median_ms\": {median:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"threads\": \"{threads}\", \"runs\": {runs}, \"peak_rss_mb\": {:.1}, \"max_abs_err_vs_diffusers\": {err:.2e}, \"allocations_per_forward\": {alloc_calls}, \"allocated_mb_per_forward\": {alloc_mb:.1}}}",
             ms[0],
             ms[runs - 1],
             peak_rss_mb()

@@ -9,9 +9,9 @@
 //! read-back (burn-flex is eager, so the op is complete when it returns anyway).
 
 use ember_conditioning::attention::{Attention, AttentionConfig};
+use ember_conditioning::kernels::NormActivation;
 use ember_conditioning::nn::{Conv2d, GroupNorm};
 use ember_core::backend::DefaultBackend as B;
-use ember_core::burn::tensor::activation::silu;
 use ember_core::burn::tensor::{Distribution, Tensor};
 use std::time::Instant;
 
@@ -46,7 +46,9 @@ fn main() {
     });
     let norm = GroupNorm::<B>::new(32, 128, 1e-6, "bench", &device).unwrap();
     time("groupnorm_silu_8x128x32x32", 0.0, || {
-        silu(norm.forward(x.clone())).sum().into_scalar()
+        norm.forward_fused(x.clone(), None, NormActivation::Silu)
+            .sum()
+            .into_scalar()
     });
     let h = Tensor::<B, 4>::random([8, 256, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let attn = Attention::<B>::new(

@@ -38,11 +38,11 @@ pub mod unet;
 pub mod weights;
 
 pub use config::{UNetClass, UNetConfig};
+pub use ember_conditioning::EmberBackend;
 pub use unet::UNet2D;
 pub use weights::LoadReport;
 
 use burn::module::Module;
-use burn::tensor::backend::Backend;
 use ember_core::{Error, Result};
 use std::path::Path;
 
@@ -66,7 +66,10 @@ pub fn load_unet_config(dir: &Path) -> Result<UNetConfig> {
 }
 
 /// Loads a diffusers U-Net folder (`config.json` + weights) onto `device`.
-pub fn load_unet<B: Backend>(dir: &Path, device: &B::Device) -> Result<(UNet2D<B>, LoadReport)> {
+pub fn load_unet<B: EmberBackend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(UNet2D<B>, LoadReport)> {
     let config = load_unet_config(dir)?;
     let model = UNet2D::<B>::new(config, device)?;
     let weights = weights::read_folder_lazy(dir)?;
@@ -75,7 +78,7 @@ pub fn load_unet<B: Backend>(dir: &Path, device: &B::Device) -> Result<(UNet2D<B
 
 /// Writes a U-Net as a diffusers folder: `config.json` and an f32
 /// `diffusion_pytorch_model.safetensors`.
-pub fn save_unet<B: Backend>(model: &UNet2D<B>, dir: &Path) -> Result<()> {
+pub fn save_unet<B: EmberBackend>(model: &UNet2D<B>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io {
         path: dir.display().to_string(),
         source,
@@ -88,6 +91,6 @@ pub fn save_unet<B: Backend>(model: &UNet2D<B>, dir: &Path) -> Result<()> {
 }
 
 /// Number of scalar parameters.
-pub fn parameter_count<B: Backend>(model: &UNet2D<B>) -> usize {
+pub fn parameter_count<B: EmberBackend>(model: &UNet2D<B>) -> usize {
     model.num_params()
 }

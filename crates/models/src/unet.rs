@@ -4,20 +4,19 @@
 use crate::blocks::*;
 use crate::config::{ClassEmbedType, TimeEmbeddingType, TimeScaleShift, UNetClass, UNetConfig};
 use burn::module::Module;
-use burn::tensor::activation;
-use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor};
 use ember_conditioning::attention::{Attention, AttentionConfig};
 use ember_conditioning::embeddings::{
     sinusoidal_embedding, GaussianFourierProjection, LabelEmbedding, TimestepEmbedding,
 };
 use ember_conditioning::nn::{check_indices, Activation, Conv2d, GroupNorm, Linear};
+use ember_conditioning::EmberBackend;
 use ember_core::{Conditioning, Denoiser, Error, Prediction, Result};
 use std::sync::Arc;
 
 /// The learned part of the timestep projection (`time_proj.weight`), if any.
 #[derive(Module, Debug)]
-pub enum TimeProjection<B: Backend> {
+pub enum TimeProjection<B: EmberBackend> {
     /// Gaussian Fourier features.
     Fourier(GaussianFourierProjection<B>),
     /// A table indexed by the integer timestep.
@@ -27,7 +26,7 @@ pub enum TimeProjection<B: Backend> {
 /// `class_embedding`: a table, an MLP or a linear layer.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum ClassEmbedding<B: Backend> {
+pub enum ClassEmbedding<B: EmberBackend> {
     Table(LabelEmbedding<B>),
     Mlp(TimestepEmbedding<B>),
     Linear(Linear<B>),
@@ -36,7 +35,7 @@ pub enum ClassEmbedding<B: Backend> {
 /// A U-Net in diffusers' exact module layout. One type implements both `UNet2DModel` and
 /// `UNet2DConditionModel`; [`UNetConfig::class`] says which.
 #[derive(Module, Debug)]
-pub struct UNet2D<B: Backend> {
+pub struct UNet2D<B: EmberBackend> {
     pub conv_in: Conv2d<B>,
     pub time_proj: Option<TimeProjection<B>>,
     pub time_embedding: TimestepEmbedding<B>,
@@ -89,7 +88,7 @@ impl Builder<'_> {
         }
     }
 
-    fn spatial_attention<B: Backend>(
+    fn spatial_attention<B: EmberBackend>(
         &self,
         c: usize,
         dim_head: Option<usize>,
@@ -120,7 +119,7 @@ impl Builder<'_> {
         )?))
     }
 
-    fn transformer<B: Backend>(
+    fn transformer<B: EmberBackend>(
         &self,
         c: usize,
         heads: Option<usize>,
@@ -146,7 +145,7 @@ impl Builder<'_> {
         )?))
     }
 
-    fn down_block<B: Backend>(
+    fn down_block<B: EmberBackend>(
         &self,
         i: usize,
         cin: usize,
@@ -254,7 +253,7 @@ impl Builder<'_> {
         })
     }
 
-    fn up_block<B: Backend>(
+    fn up_block<B: EmberBackend>(
         &self,
         i: usize,
         prev: usize,
@@ -375,7 +374,7 @@ impl Builder<'_> {
         })
     }
 
-    fn mid_block<B: Backend>(&self, device: &B::Device) -> Result<Option<MidBlock<B>>> {
+    fn mid_block<B: EmberBackend>(&self, device: &B::Device) -> Result<Option<MidBlock<B>>> {
         let cfg = self.cfg;
         let Some(kind) = &cfg.mid_block_type else {
             return Ok(None);
@@ -433,7 +432,7 @@ impl Builder<'_> {
     }
 }
 
-impl<B: Backend> UNet2D<B> {
+impl<B: EmberBackend> UNet2D<B> {
     /// Builds a model with PyTorch-default random initialisation (drawn lazily, so a model
     /// about to receive a checkpoint never draws them).
     pub fn new(config: UNetConfig, device: &B::Device) -> Result<Self> {
@@ -919,12 +918,12 @@ impl<B: Backend> UNet2D<B> {
             skip_up = s;
         }
         if let Some(norm) = &self.conv_norm_out {
-            h = norm.forward(h);
-            h = if cond_model {
-                Activation::from_name(&cfg.act_fn)?.forward(h)
+            let act = if cond_model {
+                Activation::from_name(&cfg.act_fn)?
             } else {
-                activation::silu(h)
+                Activation::Silu
             };
+            h = norm_act(norm, h, None, act);
         }
         h = self.conv_out.forward(h);
         if let Some(s) = skip_up {
@@ -1070,7 +1069,7 @@ impl<B: Backend> UNet2D<B> {
     }
 }
 
-impl<B: Backend> Denoiser<B, 4> for UNet2D<B> {
+impl<B: EmberBackend> Denoiser<B, 4> for UNet2D<B> {
     fn prediction(&self) -> Prediction {
         self.prediction
     }

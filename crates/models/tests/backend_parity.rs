@@ -5,16 +5,16 @@
 //! Run all backends: `cargo test -p ember-models --features ndarray,wgpu --test backend_parity`.
 //! CI runs wgpu on Mesa's lavapipe (software Vulkan), installed by `.ci/run`.
 
-use ember_core::burn::tensor::backend::Backend;
 use ember_core::Denoiser;
 use ember_models::io::{read_forward_inputs, read_tensors, HostTensorValue};
+use ember_models::EmberBackend;
 use std::path::PathBuf;
 
 fn case_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unet/c2d_sd15_like")
 }
 
-fn run<B: Backend>(device: B::Device) -> Vec<f32> {
+fn run<B: EmberBackend>(device: B::Device) -> Vec<f32> {
     let dir = case_dir();
     let (unet, _) = ember_models::load_unet::<B>(&dir, &device).unwrap();
     let inp = read_forward_inputs::<B>(&dir.join("inputs.safetensors"), &device).unwrap();

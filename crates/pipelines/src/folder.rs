@@ -2,15 +2,15 @@
 //! `DDPMPipeline` / `DDIMPipeline` and of Ember's training output), loaded whole, with the
 //! scheduler swappable by class name or by a `scheduler_config.json`.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use ember_core::{Error, Result, Scheduler};
+use ember_models::EmberBackend;
 use ember_models::UNet2D;
 use serde_json::Value;
 use std::path::Path;
 
 /// A loaded pipeline folder.
-pub struct PipelineFolder<B: Backend> {
+pub struct PipelineFolder<B: EmberBackend> {
     /// `_class_name` of `model_index.json` (e.g. `DDPMPipeline`).
     pub class_name: String,
     /// The denoiser.
@@ -43,7 +43,7 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 /// Loads `dir` (`model_index.json`, `unet/`, `scheduler/`) onto `device`.
-pub fn load_pipeline<B: Backend>(
+pub fn load_pipeline<B: EmberBackend>(
     dir: &Path,
     choice: &SchedulerChoice,
     device: &B::Device,

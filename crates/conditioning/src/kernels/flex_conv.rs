@@ -1,0 +1,498 @@
+//! Flex's 2-D convolution: im2col + one GEMM per sample (or one for the whole batch when the
+//! feature map is small), straight on PyTorch's layouts.
+//!
+//! The weight `[C_out, C_in, KH, KW]` is already the row-major `[C_out, C_in·KH·KW]` left
+//! operand, and the product `[C_out, OH·OW]` is already the NCHW output, so nothing is
+//! re-laid out per call (burn-flex's conv converts to NHWC and re-packs the weight on every
+//! call, which dominates small feature maps). 1×1 stride-1 convolutions skip im2col.
+
+use burn::backend::flex::FlexTensor;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+/// Feature maps with fewer output pixels than this are convolved as one GEMM over the whole
+/// batch: a GEMM only a few dozen columns wide leaves the micro-kernel mostly idle.
+const MERGE_BATCH_BELOW_PIXELS: usize = 512;
+
+/// A contiguous f32 copy-free view, or `None` for other dtypes.
+fn f32_tensor(t: &FlexTensor) -> Option<FlexTensor> {
+    (t.dtype() == DType::F32).then(|| t.to_contiguous())
+}
+
+struct Geometry {
+    cin: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+}
+
+/// A convolution this kernel covers: f32, ungrouped, consistent non-empty shapes; its
+/// inputs made contiguous.
+struct Problem {
+    n: usize,
+    cout: usize,
+    g: Geometry,
+    x: FlexTensor,
+    weight: FlexTensor,
+}
+
+impl Problem {
+    fn new(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Option<Self> {
+        if options.groups != 1 {
+            return None;
+        }
+        let xs = x.layout().shape();
+        let ws = weight.layout().shape();
+        if xs.num_dims() != 4 || ws.num_dims() != 4 {
+            return None;
+        }
+        let (n, cin, h, w) = (xs[0], xs[1], xs[2], xs[3]);
+        let (cout, kh, kw) = (ws[0], ws[2], ws[3]);
+        if ws[1] != cin || [n, cin, h, w, cout, kh, kw].contains(&0) {
+            return None;
+        }
+        let [sh, sw] = options.stride;
+        let [ph, pw] = options.padding;
+        let [dh, dw] = options.dilation;
+        if sh == 0 || sw == 0 || dh == 0 || dw == 0 {
+            return None;
+        }
+        let span_h = dh * (kh - 1) + 1;
+        let span_w = dw * (kw - 1) + 1;
+        if h + 2 * ph < span_h || w + 2 * pw < span_w {
+            return None;
+        }
+        let g = Geometry {
+            cin,
+            h,
+            w,
+            kh,
+            kw,
+            oh: (h + 2 * ph - span_h) / sh + 1,
+            ow: (w + 2 * pw - span_w) / sw + 1,
+            stride: [sh, sw],
+            padding: [ph, pw],
+            dilation: [dh, dw],
+        };
+        let x = f32_tensor(x)?;
+        let weight = f32_tensor(weight)?;
+        let ok = x.as_slice::<f32>()?.len() == n * cin * h * w
+            && weight.as_slice::<f32>()?.len() == cout * cin * kh * kw;
+        ok.then_some(Self {
+            n,
+            cout,
+            g,
+            x,
+            weight,
+        })
+    }
+
+    fn pointwise(&self) -> bool {
+        let g = &self.g;
+        g.kh == 1 && g.kw == 1 && g.stride == [1, 1] && g.padding == [0, 0]
+    }
+}
+
+/// The convolution, or `None` when this kernel does not cover the case (other dtypes,
+/// grouped convolutions, empty or inconsistent shapes); the caller then uses burn's.
+pub(super) fn conv2d(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+) -> Option<FlexTensor> {
+    let p = Problem::new(x, weight, options)?;
+    let bias = match bias {
+        Some(b) => Some(f32_tensor(b)?),
+        None => None,
+    };
+    let bv = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let (n, cout) = (p.n, p.cout);
+    let g = &p.g;
+    let (cin, h, w) = (g.cin, g.h, g.w);
+    let k = cin * g.kh * g.kw;
+    let npix = g.oh * g.ow;
+    if bv.is_some_and(|b| b.len() != cout) {
+        return None;
+    }
+    let xv = p.x.as_slice::<f32>()?;
+    let wv = p.weight.as_slice::<f32>()?;
+    let pointwise = p.pointwise();
+    let mut out = vec![0.0f32; n * cout * npix];
+    if n > 1 && npix < MERGE_BATCH_BELOW_PIXELS {
+        // col: [K, N·P], sample s in columns s·P..(s+1)·P; product: [C_out, N·P].
+        let cols = n * npix;
+        let mut col = scratch(k * cols);
+        for s in 0..n {
+            im2col(
+                &xv[s * cin * h * w..(s + 1) * cin * h * w],
+                &mut col,
+                cols,
+                s * npix,
+                g,
+            );
+        }
+        let mut product = vec![0.0f32; cout * cols];
+        fill_bias(&mut product, cols, bv);
+        gemm_rows(&mut product, wv, &col, cout, cols, k, bv.is_some());
+        out.par_chunks_mut(cout * npix)
+            .enumerate()
+            .for_each(|(s, sample)| {
+                for (c, row) in sample.chunks_mut(npix).enumerate() {
+                    row.copy_from_slice(&product[c * cols + s * npix..c * cols + (s + 1) * npix]);
+                }
+            });
+    } else {
+        let mut col = if pointwise {
+            Vec::new()
+        } else {
+            vec![0.0f32; k * npix]
+        };
+        for (s, dst) in out.chunks_mut(cout * npix).enumerate() {
+            let input = &xv[s * cin * h * w..(s + 1) * cin * h * w];
+            let rhs: &[f32] = if pointwise {
+                input
+            } else {
+                im2col(input, &mut col, npix, 0, g);
+                &col
+            };
+            fill_bias(dst, npix, bv);
+            gemm_rows(dst, wv, rhs, cout, npix, k, bv.is_some());
+        }
+    }
+    Some(FlexTensor::from_data(TensorData::new(
+        out,
+        [n, cout, g.oh, g.ow],
+    )))
+}
+
+thread_local! {
+    /// The im2col buffer of the last convolution on this thread, kept for the next one:
+    /// a fresh multi-megabyte allocation per call costs a page fault per 4 KiB.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of `len` elements taken from this thread's scratch (contents unspecified:
+/// im2col overwrites all of it); it goes back to the cache when dropped.
+pub(super) fn scratch(len: usize) -> ScratchBuffer {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    buf.resize(len, 0.0);
+    ScratchBuffer(buf)
+}
+
+/// A scratch buffer that returns to the thread's cache when dropped.
+pub(super) struct ScratchBuffer(Vec<f32>);
+
+impl std::ops::Deref for ScratchBuffer {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ScratchBuffer {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.0
+    }
+}
+
+impl Drop for ScratchBuffer {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| {
+            let mut cached = s.borrow_mut();
+            if buf.capacity() > cached.capacity() {
+                *cached = buf;
+            }
+        });
+    }
+}
+
+fn fill_bias(dst: &mut [f32], row_len: usize, bias: Option<&[f32]>) {
+    if let Some(bias) = bias {
+        for (row, &b) in dst.chunks_mut(row_len).zip(bias) {
+            row.fill(b);
+        }
+    }
+}
+
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all row-major and contiguous, on rayon's threads.
+fn gemm_rows(
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the three buffers hold at least m·n, m·k and k·n elements (asserted above)
+    // and are addressed with the row-major strides of exactly those shapes.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Writes sample `x` (`[C_in, H, W]`) as im2col rows `(c, ky, kx)` into `col`, whose rows
+/// are `row_stride` long, starting at column `col_offset`.
+fn im2col(x: &[f32], col: &mut [f32], row_stride: usize, col_offset: usize, g: &Geometry) {
+    let taps = g.kh * g.kw;
+    let npix = g.oh * g.ow;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let [dh, dw] = g.dilation;
+    col.par_chunks_mut(taps * row_stride)
+        .take(g.cin)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let start = (ky * g.kw + kx) * row_stride + col_offset;
+                    let row = &mut rows[start..start + npix];
+                    let shift = (kx * dw) as isize - pw as isize;
+                    for (oy, out) in row.chunks_mut(g.ow).enumerate() {
+                        let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            out.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        if sw == 1 {
+                            // ix = ox + shift is inside the row for ox in lo..hi.
+                            let lo = (-shift).clamp(0, g.ow as isize) as usize;
+                            let hi =
+                                (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
+                            out[..lo].fill(0.0);
+                            if hi > lo {
+                                let from = (lo as isize + shift) as usize;
+                                out[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
+                            }
+                            out[hi..].fill(0.0);
+                        } else {
+                            for (ox, o) in out.iter_mut().enumerate() {
+                                let ix = (ox * sw) as isize + shift;
+                                *o = if ix >= 0 && ix < g.w as isize {
+                                    src[ix as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Gradients of [`conv2d`] with respect to `x`, the weight and (when `with_bias`) the bias,
+/// or `None` when the forward kernel does not cover the case.
+///
+/// Per sample: `dW += dY·colᵀ`, `dcol = Wᵀ·dY` scattered back onto the input grid (col2im);
+/// `db = Σ dY`. The weight is read in place as for the forward pass.
+pub(super) fn conv2d_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    with_bias: bool,
+    grad: &FlexTensor,
+    options: &ConvOptions<2>,
+) -> Option<(FlexTensor, FlexTensor, Option<FlexTensor>)> {
+    let p = Problem::new(x, weight, options)?;
+    let g = &p.g;
+    let (n, cout, cin) = (p.n, p.cout, g.cin);
+    let plane = cin * g.h * g.w;
+    let k = cin * g.kh * g.kw;
+    let npix = g.oh * g.ow;
+    let grad = f32_tensor(grad)?;
+    let dy = grad.as_slice::<f32>()?;
+    if dy.len() != n * cout * npix {
+        return None;
+    }
+    let xv = p.x.as_slice::<f32>()?;
+    let wv = p.weight.as_slice::<f32>()?;
+    let pointwise = p.pointwise();
+    let mut dw = vec![0.0f32; cout * k];
+    let mut dx = vec![0.0f32; n * plane];
+    let mut col = scratch(if pointwise { 0 } else { k * npix });
+    let mut dcol = if pointwise {
+        Vec::new()
+    } else {
+        vec![0.0f32; k * npix]
+    };
+    for s in 0..n {
+        let input = &xv[s * plane..(s + 1) * plane];
+        let dys = &dy[s * cout * npix..(s + 1) * cout * npix];
+        let cols: &[f32] = if pointwise {
+            input
+        } else {
+            im2col(input, &mut col, npix, 0, g);
+            &col
+        };
+        // dW [C_out × K] (+)= dY [C_out × P] · colᵀ [P × K]
+        gemm_strided(
+            (cout, k, npix),
+            (&mut dw, k, 1),
+            s > 0,
+            (dys, npix, 1),
+            (cols, 1, npix),
+        );
+        let dxs = &mut dx[s * plane..(s + 1) * plane];
+        // dcol [K × P] = Wᵀ [K × C_out] · dY [C_out × P]
+        if pointwise {
+            gemm_strided(
+                (k, npix, cout),
+                (dxs, npix, 1),
+                false,
+                (wv, 1, k),
+                (dys, npix, 1),
+            );
+        } else {
+            gemm_strided(
+                (k, npix, cout),
+                (&mut dcol, npix, 1),
+                false,
+                (wv, 1, k),
+                (dys, npix, 1),
+            );
+            col2im(&dcol, dxs, g);
+        }
+    }
+    let db = with_bias.then(|| {
+        let mut db = vec![0.0f64; cout];
+        for sample in dy.chunks(cout * npix) {
+            for (acc, row) in db.iter_mut().zip(sample.chunks(npix)) {
+                *acc += row.iter().map(|&v| v as f64).sum::<f64>();
+            }
+        }
+        let db: Vec<f32> = db.into_iter().map(|v| v as f32).collect();
+        FlexTensor::from_data(TensorData::new(db, [cout]))
+    });
+    Some((
+        FlexTensor::from_data(TensorData::new(dx, [n, cin, g.h, g.w])),
+        FlexTensor::from_data(TensorData::new(dw, [cout, cin, g.kh, g.kw])),
+        db,
+    ))
+}
+
+/// `dst (+)= lhs · rhs` for `(m, n, k)`, each operand given as `(buffer, row stride,
+/// column stride)` with non-negative strides; panics (a bug, not user input) when a
+/// buffer is too small for its shape and strides.
+fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs, dst_cs): (&mut [f32], usize, usize),
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        rows.saturating_sub(1) * rs + cols.saturating_sub(1) * cs
+    };
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(last(m, n, dst_rs, dst_cs) < dst.len());
+    assert!(last(m, k, lhs_rs, lhs_cs) < lhs.len());
+    assert!(last(k, n, rhs_rs, rhs_cs) < rhs.len());
+    // SAFETY: every element addressed by the shapes and strides lies inside its buffer
+    // (asserted above); `dst` is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Adds im2col rows `(c, ky, kx)` of `col` (`[K, P]`) back onto the input grid `dx`
+/// (`[C_in, H, W]`): the adjoint of [`im2col`].
+fn col2im(col: &[f32], dx: &mut [f32], g: &Geometry) {
+    let taps = g.kh * g.kw;
+    let npix = g.oh * g.ow;
+    let [sh, sw] = g.stride;
+    let [ph, pw] = g.padding;
+    let [dh, dw] = g.dilation;
+    dx.par_chunks_mut(g.h * g.w)
+        .zip(col.par_chunks(taps * npix))
+        .for_each(|(plane, rows)| {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    let row = &rows[(ky * g.kw + kx) * npix..(ky * g.kw + kx + 1) * npix];
+                    let shift = (kx * dw) as isize - pw as isize;
+                    for (oy, src) in row.chunks(g.ow).enumerate() {
+                        let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                        if iy < 0 || iy >= g.h as isize {
+                            continue;
+                        }
+                        let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                        if sw == 1 {
+                            let lo = (-shift).clamp(0, g.ow as isize) as usize;
+                            let hi =
+                                (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
+                            if hi > lo {
+                                let from = (lo as isize + shift) as usize;
+                                let dst = &mut dst[from..from + (hi - lo)];
+                                for (d, &v) in dst.iter_mut().zip(&src[lo..hi]) {
+                                    *d += v;
+                                }
+                            }
+                        } else {
+                            for (ox, &v) in src.iter().enumerate() {
+                                let ix = (ox * sw) as isize + shift;
+                                if ix >= 0 && ix < g.w as isize {
+                                    dst[ix as usize] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+}
