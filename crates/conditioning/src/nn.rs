@@ -116,14 +116,22 @@ impl<B: Backend> Linear<B> {
     /// Applies the layer along the channel axis of a channel-first `[B, in, N]` tensor,
     /// giving `[B, out, N]` (`W·X + b`), which spares the transposes a feature map would
     /// otherwise need to become `[B, N, in]` tokens.
-    pub fn forward_channels_first(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let w = self.weight.val();
-        let out_f = w.dims()[0];
-        let y = w.unsqueeze_dim::<3>(0).matmul(x);
-        match &self.bias {
-            Some(b) => y + b.val().reshape([1, out_f, 1]),
-            None => y,
-        }
+    ///
+    /// Computed as a 1×1 convolution, whose kernel writes the bias and the product in one
+    /// pass (a broadcast `[1, out, 1]` bias add is a strided copy on Flex).
+    pub fn forward_channels_first(&self, x: Tensor<B, 3>) -> Tensor<B, 3>
+    where
+        B: EmberBackend,
+    {
+        let [b, _, n] = x.dims();
+        let [out_f, in_f] = self.weight.dims();
+        let y = conv2d(
+            x.reshape([b, in_f, n, 1]),
+            self.weight.val().reshape([out_f, in_f, 1, 1]),
+            self.bias.as_ref().map(|b| b.val()),
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+        );
+        y.reshape([b, out_f, n])
     }
 }
 

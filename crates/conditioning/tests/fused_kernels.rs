@@ -648,3 +648,37 @@ fn fused_attention_long_sequences() {
         assert!(e <= TOLERANCE, "[{b}, {h}, {l}, {s}, {d}]: {e:.2e}");
     }
 }
+
+/// Feature maps of at least 512 pixels take the per-sample paths (one task per sample when
+/// the batch splits evenly over the threads, otherwise threaded GEMMs one sample at a time);
+/// the property test's small maps take the whole-batch path.
+#[test]
+fn fused_conv2d_large_maps_match_burn_conv2d() {
+    use burn::tensor::ops::ConvOptions;
+    for (n, stride, kernel) in [(4, 1, 3), (3, 1, 3), (1, 2, 3), (2, 1, 1), (3, 1, 1)] {
+        let case = ConvCase {
+            n,
+            cin: 3,
+            cout: 5,
+            h: 26,
+            w: 24,
+            kernel: [kernel, kernel],
+            stride: [stride, stride],
+            padding: [kernel / 2, kernel / 2],
+            dilation: [1, 1],
+            bias: true,
+            seed: 11,
+        };
+        let options = ConvOptions::new(case.stride, case.padding, case.dilation, 1);
+        let fused = conv_grads::<Autodiff<Flex>>(&case, |x, w, b| {
+            ember_conditioning::kernels::conv2d(x, w, b, options.clone())
+        });
+        let unfused = conv_grads::<Autodiff<Flex>>(&case, |x, w, b| {
+            burn::tensor::module::conv2d(x, w, b, options.clone())
+        });
+        for ((name, got), (_, want)) in fused.into_iter().zip(unfused) {
+            let e = relative_error(&got, &want);
+            assert!(e <= TOLERANCE, "{case:?} {name}: {e:.2e}");
+        }
+    }
+}

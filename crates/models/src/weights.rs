@@ -163,7 +163,26 @@ impl LazyWeight {
                 start,
                 end,
                 dtype,
-            } => decode(&file[start..end], dtype),
+            } => {
+                let values = decode(&file[start..end], dtype);
+                // Drop the decoded range's pages from this process's resident set: otherwise
+                // a checkpoint's mapped bytes and its decoded f32 parameters are resident at
+                // once, and peak memory is the two together (6.5 GB instead of 3.4 GB for
+                // an f32 SD 1.5 U-Net). The hint failing costs only memory.
+                #[cfg(unix)]
+                // SAFETY: the map is a read-only file mapping, so MADV_DONTNEED discards no
+                // data: a later read of these pages faults them back in from the file with
+                // the same bytes (the caveat about concurrent modification of the file is
+                // the one already stated where the map is created).
+                unsafe {
+                    let _ = file.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    );
+                }
+                values
+            }
         }
     }
 }

@@ -393,7 +393,15 @@ fn forward_group_impl<const FMA: bool>(group: &Group<'_>, out: &mut [f32], silu:
         let (factor, shift) = group.film_at(ch);
         let a = factor * group.gamma[ch] * rstd;
         let b = factor * group.beta[ch] + shift;
-        if silu {
+        if silu && FMA {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: FMA is true only on the path that checked AVX2 and FMA.
+            unsafe {
+                super::simd::affine_silu(xs, os, mean, a, b)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("the AVX2 path exists only on x86-64");
+        } else if silu {
             for (o, &x) in os.iter_mut().zip(xs) {
                 let y = a * (x - mean) + b;
                 *o = y / (1.0 + exp_f32::<FMA>(-y));

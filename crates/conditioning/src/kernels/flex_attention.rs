@@ -130,7 +130,7 @@ pub(super) fn attention(
         let r0 = block * rows;
         let m = rows.min(l - r0);
         // Overwritten by the first GEMM (it does not read its destination).
-        let mut scores = scratch(m * s);
+        let mut scores = scratch(0, m * s);
         // SAFETY: `View::new` checked that every element of q, k, v lies inside its buffer;
         // `scores` is m×s; the output region (bi, hi, r0..r0+m, ..) is inside `out` and
         // written by this task only.
@@ -242,7 +242,17 @@ fn softmax_block_impl<const FMA: bool>(
                 *x += m.data[m.at(bi, hi, r0 + i, j)];
             }
         }
-        *inv = exp_row::<FMA>(row);
+        *inv = if FMA {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: FMA is true only on the path that checked AVX2 and FMA.
+            unsafe {
+                super::simd::exp_row(row)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!("the AVX2 path exists only on x86-64")
+        } else {
+            exp_row::<FMA>(row)
+        };
     }
 }
 

@@ -9,6 +9,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// Feature maps with fewer output pixels than this are convolved as one GEMM over the whole
@@ -132,7 +133,7 @@ pub(super) fn conv2d(
     if n > 1 && npix < MERGE_BATCH_BELOW_PIXELS {
         // col: [K, N·P], sample s in columns s·P..(s+1)·P; product: [C_out, N·P].
         let cols = n * npix;
-        let mut col = scratch(k * cols);
+        let mut col = scratch(0, k * cols);
         for s in 0..n {
             im2col(
                 &xv[s * cin * h * w..(s + 1) * cin * h * w],
@@ -140,11 +141,19 @@ pub(super) fn conv2d(
                 cols,
                 s * npix,
                 g,
+                true,
             );
         }
         let mut product = vec![0.0f32; cout * cols];
         fill_bias(&mut product, cols, bv);
-        gemm_rows(&mut product, wv, &col, cout, cols, k, bv.is_some());
+        gemm_rows(
+            &mut product,
+            wv,
+            &col,
+            (cout, cols, k),
+            bv.is_some(),
+            Parallelism::Rayon(0),
+        );
         out.par_chunks_mut(cout * npix)
             .enumerate()
             .for_each(|(s, sample)| {
@@ -152,22 +161,49 @@ pub(super) fn conv2d(
                     row.copy_from_slice(&product[c * cols + s * npix..c * cols + (s + 1) * npix]);
                 }
             });
+    } else if per_sample_tasks(n) {
+        // One sample per task, each single-threaded: no thread synchronisation inside the
+        // (small) per-sample GEMMs.
+        out.par_chunks_mut(cout * npix)
+            .enumerate()
+            .for_each(|(s, dst)| {
+                let input = &xv[s * cin * h * w..(s + 1) * cin * h * w];
+                let mut col = scratch(0, if pointwise { 0 } else { k * npix });
+                let rhs: &[f32] = if pointwise {
+                    input
+                } else {
+                    im2col(input, &mut col, npix, 0, g, false);
+                    &col
+                };
+                fill_bias(dst, npix, bv);
+                gemm_rows(
+                    dst,
+                    wv,
+                    rhs,
+                    (cout, npix, k),
+                    bv.is_some(),
+                    Parallelism::None,
+                );
+            });
     } else {
-        let mut col = if pointwise {
-            Vec::new()
-        } else {
-            vec![0.0f32; k * npix]
-        };
+        let mut col = scratch(0, if pointwise { 0 } else { k * npix });
         for (s, dst) in out.chunks_mut(cout * npix).enumerate() {
             let input = &xv[s * cin * h * w..(s + 1) * cin * h * w];
             let rhs: &[f32] = if pointwise {
                 input
             } else {
-                im2col(input, &mut col, npix, 0, g);
+                im2col(input, &mut col, npix, 0, g, true);
                 &col
             };
             fill_bias(dst, npix, bv);
-            gemm_rows(dst, wv, rhs, cout, npix, k, bv.is_some());
+            gemm_rows(
+                dst,
+                wv,
+                rhs,
+                (cout, npix, k),
+                bv.is_some(),
+                Parallelism::Rayon(0),
+            );
         }
     }
     Some(FlexTensor::from_data(TensorData::new(
@@ -176,41 +212,48 @@ pub(super) fn conv2d(
     )))
 }
 
+/// Scratch slots per thread: im2col columns, and their gradient in the backward pass.
+const SCRATCH_SLOTS: usize = 2;
+
 thread_local! {
-    /// The im2col buffer of the last convolution on this thread, kept for the next one:
-    /// a fresh multi-megabyte allocation per call costs a page fault per 4 KiB.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The buffers of the last convolution on this thread, kept for the next one: a fresh
+    /// multi-megabyte allocation per call costs a page fault per 4 KiB.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; SCRATCH_SLOTS]> =
+        const { std::cell::RefCell::new([Vec::new(), Vec::new()]) };
 }
 
-/// A buffer of `len` elements taken from this thread's scratch (contents unspecified:
-/// im2col overwrites all of it); it goes back to the cache when dropped.
-pub(super) fn scratch(len: usize) -> ScratchBuffer {
-    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+/// A buffer of `len` elements from this thread's scratch `slot` (contents unspecified:
+/// callers overwrite all of it); it goes back to the cache when dropped.
+pub(super) fn scratch(slot: usize, len: usize) -> ScratchBuffer {
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut s.borrow_mut()[slot]));
     buf.resize(len, 0.0);
-    ScratchBuffer(buf)
+    ScratchBuffer { buf, slot }
 }
 
 /// A scratch buffer that returns to the thread's cache when dropped.
-pub(super) struct ScratchBuffer(Vec<f32>);
+pub(super) struct ScratchBuffer {
+    buf: Vec<f32>,
+    slot: usize,
+}
 
 impl std::ops::Deref for ScratchBuffer {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.0
+        &self.buf
     }
 }
 
 impl std::ops::DerefMut for ScratchBuffer {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.0
+        &mut self.buf
     }
 }
 
 impl Drop for ScratchBuffer {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
+        let buf = std::mem::take(&mut self.buf);
         SCRATCH.with(|s| {
-            let mut cached = s.borrow_mut();
+            let cached = &mut s.borrow_mut()[self.slot];
             if buf.capacity() > cached.capacity() {
                 *cached = buf;
             }
@@ -218,6 +261,7 @@ impl Drop for ScratchBuffer {
     }
 }
 
+/// Sets each `row_len`-long row of `dst` to its channel's bias.
 fn fill_bias(dst: &mut [f32], row_len: usize, bias: Option<&[f32]>) {
     if let Some(bias) = bias {
         for (row, &b) in dst.chunks_mut(row_len).zip(bias) {
@@ -226,101 +270,106 @@ fn fill_bias(dst: &mut [f32], row_len: usize, bias: Option<&[f32]>) {
     }
 }
 
-/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all row-major and contiguous, on rayon's threads.
+/// `dst[m×n] (+)= lhs[m×k] · rhs[k×n]`, all row-major and contiguous.
 fn gemm_rows(
     dst: &mut [f32],
     lhs: &[f32],
     rhs: &[f32],
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     accumulate: bool,
+    parallelism: Parallelism,
 ) {
-    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
-    // SAFETY: the three buffers hold at least m·n, m·k and k·n elements (asserted above)
-    // and are addressed with the row-major strides of exactly those shapes.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            1,
-            k as isize,
-            rhs.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
+    gemm_strided(
+        (m, n, k),
+        (dst, n, 1),
+        accumulate,
+        (lhs, k, 1),
+        (rhs, n, 1),
+        parallelism,
+    );
+}
+
+/// Whether a batch of `n` is split into one task per sample (each with a single-threaded
+/// GEMM) rather than parallelising inside each sample's GEMM: when the samples divide
+/// evenly over the threads, or there are many of them.
+fn per_sample_tasks(n: usize) -> bool {
+    let threads = rayon::current_num_threads().max(1);
+    n > 1 && (n.is_multiple_of(threads) || n >= 4 * threads)
 }
 
 /// Writes sample `x` (`[C_in, H, W]`) as im2col rows `(c, ky, kx)` into `col`, whose rows
 /// are `row_stride` long, starting at column `col_offset`.
-fn im2col(x: &[f32], col: &mut [f32], row_stride: usize, col_offset: usize, g: &Geometry) {
+fn im2col(
+    x: &[f32],
+    col: &mut [f32],
+    row_stride: usize,
+    col_offset: usize,
+    g: &Geometry,
+    parallel: bool,
+) {
     let taps = g.kh * g.kw;
     let npix = g.oh * g.ow;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     let [dh, dw] = g.dilation;
-    col.par_chunks_mut(taps * row_stride)
-        .take(g.cin)
-        .enumerate()
-        .for_each(|(c, rows)| {
-            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let start = (ky * g.kw + kx) * row_stride + col_offset;
-                    let row = &mut rows[start..start + npix];
-                    let shift = (kx * dw) as isize - pw as isize;
-                    for (oy, out) in row.chunks_mut(g.ow).enumerate() {
-                        let iy = (oy * sh + ky * dh) as isize - ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            out.fill(0.0);
-                            continue;
+    let channel = |(c, rows): (usize, &mut [f32])| {
+        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let start = (ky * g.kw + kx) * row_stride + col_offset;
+                let row = &mut rows[start..start + npix];
+                let shift = (kx * dw) as isize - pw as isize;
+                for (oy, out) in row.chunks_mut(g.ow).enumerate() {
+                    let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if sw == 1 {
+                        // ix = ox + shift is inside the row for ox in lo..hi.
+                        let lo = (-shift).clamp(0, g.ow as isize) as usize;
+                        let hi = (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
+                        out[..lo].fill(0.0);
+                        if hi > lo {
+                            let from = (lo as isize + shift) as usize;
+                            out[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
                         }
-                        let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        if sw == 1 {
-                            // ix = ox + shift is inside the row for ox in lo..hi.
-                            let lo = (-shift).clamp(0, g.ow as isize) as usize;
-                            let hi =
-                                (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
-                            out[..lo].fill(0.0);
-                            if hi > lo {
-                                let from = (lo as isize + shift) as usize;
-                                out[lo..hi].copy_from_slice(&src[from..from + (hi - lo)]);
-                            }
-                            out[hi..].fill(0.0);
-                        } else {
-                            for (ox, o) in out.iter_mut().enumerate() {
-                                let ix = (ox * sw) as isize + shift;
-                                *o = if ix >= 0 && ix < g.w as isize {
-                                    src[ix as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
+                        out[hi..].fill(0.0);
+                    } else {
+                        for (ox, o) in out.iter_mut().enumerate() {
+                            let ix = (ox * sw) as isize + shift;
+                            *o = if ix >= 0 && ix < g.w as isize {
+                                src[ix as usize]
+                            } else {
+                                0.0
+                            };
                         }
                     }
                 }
             }
-        });
+        }
+    };
+    if parallel {
+        col.par_chunks_mut(taps * row_stride)
+            .take(g.cin)
+            .enumerate()
+            .for_each(channel);
+    } else {
+        col.chunks_mut(taps * row_stride)
+            .take(g.cin)
+            .enumerate()
+            .for_each(channel);
+    }
 }
 
 /// Gradients of [`conv2d`] with respect to `x`, the weight and (when `with_bias`) the bias,
 /// or `None` when the forward kernel does not cover the case.
 ///
 /// Per sample: `dW += dY·colᵀ`, `dcol = Wᵀ·dY` scattered back onto the input grid (col2im);
-/// `db = Σ dY`. The weight is read in place as for the forward pass.
+/// `db = Σ dY`. The weight is read in place as for the forward pass. Samples run as
+/// separate tasks (each with its own partial `dW`, summed at the end) when the batch splits
+/// evenly over the threads.
 pub(super) fn conv2d_backward(
     x: &FlexTensor,
     weight: &FlexTensor,
@@ -342,32 +391,32 @@ pub(super) fn conv2d_backward(
     let xv = p.x.as_slice::<f32>()?;
     let wv = p.weight.as_slice::<f32>()?;
     let pointwise = p.pointwise();
-    let mut dw = vec![0.0f32; cout * k];
     let mut dx = vec![0.0f32; n * plane];
-    let mut col = scratch(if pointwise { 0 } else { k * npix });
-    let mut dcol = if pointwise {
-        Vec::new()
-    } else {
-        vec![0.0f32; k * npix]
-    };
-    for s in 0..n {
+    // One sample: dW (+)= dY·colᵀ, then dx = col2im(Wᵀ·dY).
+    let sample = |s: usize, dxs: &mut [f32], dw: &mut [f32], accumulate: bool, par: bool| {
+        let parallelism = if par {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
         let input = &xv[s * plane..(s + 1) * plane];
         let dys = &dy[s * cout * npix..(s + 1) * cout * npix];
+        let mut col = scratch(0, if pointwise { 0 } else { k * npix });
         let cols: &[f32] = if pointwise {
             input
         } else {
-            im2col(input, &mut col, npix, 0, g);
+            im2col(input, &mut col, npix, 0, g, par);
             &col
         };
         // dW [C_out × K] (+)= dY [C_out × P] · colᵀ [P × K]
         gemm_strided(
             (cout, k, npix),
-            (&mut dw, k, 1),
-            s > 0,
+            (dw, k, 1),
+            accumulate,
             (dys, npix, 1),
             (cols, 1, npix),
+            parallelism,
         );
-        let dxs = &mut dx[s * plane..(s + 1) * plane];
         // dcol [K × P] = Wᵀ [K × C_out] · dY [C_out × P]
         if pointwise {
             gemm_strided(
@@ -376,18 +425,48 @@ pub(super) fn conv2d_backward(
                 false,
                 (wv, 1, k),
                 (dys, npix, 1),
+                parallelism,
             );
         } else {
+            let mut dcol = scratch(1, k * npix);
             gemm_strided(
                 (k, npix, cout),
                 (&mut dcol, npix, 1),
                 false,
                 (wv, 1, k),
                 (dys, npix, 1),
+                parallelism,
             );
-            col2im(&dcol, dxs, g);
+            col2im(&dcol, dxs, g, par);
         }
-    }
+    };
+    let dw = if per_sample_tasks(n) {
+        dx.par_chunks_mut(plane)
+            .enumerate()
+            .fold(
+                || (vec![0.0f32; cout * k], true),
+                |(mut dw, first), (s, dxs)| {
+                    sample(s, dxs, &mut dw, !first, false);
+                    (dw, false)
+                },
+            )
+            .map(|(dw, _)| dw)
+            .reduce(
+                || vec![0.0f32; cout * k],
+                |mut a, b| {
+                    for (x, y) in a.iter_mut().zip(&b) {
+                        *x += y;
+                    }
+                    a
+                },
+            )
+    } else {
+        let mut dw = vec![0.0f32; cout * k];
+        for (s, dxs) in dx.chunks_mut(plane).enumerate() {
+            sample(s, dxs, &mut dw, s > 0, true);
+        }
+        dw
+    };
     let db = with_bias.then(|| {
         let mut db = vec![0.0f64; cout];
         for sample in dy.chunks(cout * npix) {
@@ -414,6 +493,7 @@ fn gemm_strided(
     accumulate: bool,
     (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
     (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    parallelism: Parallelism,
 ) {
     let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
         rows.saturating_sub(1) * rs + cols.saturating_sub(1) * cs
@@ -446,53 +526,59 @@ fn gemm_strided(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(0),
+            parallelism,
         );
     }
 }
 
 /// Adds im2col rows `(c, ky, kx)` of `col` (`[K, P]`) back onto the input grid `dx`
 /// (`[C_in, H, W]`): the adjoint of [`im2col`].
-fn col2im(col: &[f32], dx: &mut [f32], g: &Geometry) {
+fn col2im(col: &[f32], dx: &mut [f32], g: &Geometry, parallel: bool) {
     let taps = g.kh * g.kw;
     let npix = g.oh * g.ow;
     let [sh, sw] = g.stride;
     let [ph, pw] = g.padding;
     let [dh, dw] = g.dilation;
-    dx.par_chunks_mut(g.h * g.w)
-        .zip(col.par_chunks(taps * npix))
-        .for_each(|(plane, rows)| {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let row = &rows[(ky * g.kw + kx) * npix..(ky * g.kw + kx + 1) * npix];
-                    let shift = (kx * dw) as isize - pw as isize;
-                    for (oy, src) in row.chunks(g.ow).enumerate() {
-                        let iy = (oy * sh + ky * dh) as isize - ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            continue;
-                        }
-                        let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        if sw == 1 {
-                            let lo = (-shift).clamp(0, g.ow as isize) as usize;
-                            let hi =
-                                (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
-                            if hi > lo {
-                                let from = (lo as isize + shift) as usize;
-                                let dst = &mut dst[from..from + (hi - lo)];
-                                for (d, &v) in dst.iter_mut().zip(&src[lo..hi]) {
-                                    *d += v;
-                                }
+    let channel = |(plane, rows): (&mut [f32], &[f32])| {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = &rows[(ky * g.kw + kx) * npix..(ky * g.kw + kx + 1) * npix];
+                let shift = (kx * dw) as isize - pw as isize;
+                for (oy, src) in row.chunks(g.ow).enumerate() {
+                    let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if sw == 1 {
+                        let lo = (-shift).clamp(0, g.ow as isize) as usize;
+                        let hi = (g.w as isize - shift).clamp(lo as isize, g.ow as isize) as usize;
+                        if hi > lo {
+                            let from = (lo as isize + shift) as usize;
+                            let dst = &mut dst[from..from + (hi - lo)];
+                            for (d, &v) in dst.iter_mut().zip(&src[lo..hi]) {
+                                *d += v;
                             }
-                        } else {
-                            for (ox, &v) in src.iter().enumerate() {
-                                let ix = (ox * sw) as isize + shift;
-                                if ix >= 0 && ix < g.w as isize {
-                                    dst[ix as usize] += v;
-                                }
+                        }
+                    } else {
+                        for (ox, &v) in src.iter().enumerate() {
+                            let ix = (ox * sw) as isize + shift;
+                            if ix >= 0 && ix < g.w as isize {
+                                dst[ix as usize] += v;
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    };
+    if parallel {
+        dx.par_chunks_mut(g.h * g.w)
+            .zip(col.par_chunks(taps * npix))
+            .for_each(channel);
+    } else {
+        dx.chunks_mut(g.h * g.w)
+            .zip(col.chunks(taps * npix))
+            .for_each(channel);
+    }
 }

@@ -47,6 +47,8 @@ mod flex_attention;
 #[cfg(feature = "flex")]
 mod flex_conv;
 pub mod reference;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod simd;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
