@@ -468,6 +468,26 @@ fn backward_group_impl<const FMA: bool>(
             .zip(dys.chunks(BLOCK))
             .zip(dxs.chunks_mut(BLOCK))
         {
+            if FMA {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let channel = super::simd::NormBackwardChannel {
+                        mean,
+                        rstd,
+                        gamma,
+                        beta,
+                        factor,
+                        shift,
+                        silu,
+                    };
+                    // SAFETY: FMA is true only on the path that checked AVX2 and FMA.
+                    let block = unsafe { super::simd::norm_backward_block(xb, dyb, dxb, &channel) };
+                    for (t, &a) in total.iter_mut().zip(&block) {
+                        *t += a as f64;
+                    }
+                    continue;
+                }
+            }
             let mut acc = [[0.0f32; LANES]; 3];
             let mut element = |x: f32, dy: f32, lane: usize, dx: &mut f32| {
                 let xhat = (x - mean) * rstd;

@@ -17,12 +17,14 @@
 //!
 //! Every method has a default implementation written with burn's tensor ops (the generic
 //! fallback), so any backend runs every model: implementing the trait for a backend is one
-//! line, `impl EmberBackend for MyBackend {}`. Flex overrides the group norm and the
-//! convolution with hand-written f32 kernels; [`burn::backend::Autodiff`] records each fused op as one graph node whose
-//! backward calls the inner backend's fused backward.
+//! line, `impl EmberBackend for MyBackend {}`. Flex overrides all three with f32 kernels
+//! (AVX2 + FMA where the CPU has them); [`burn::backend::Autodiff`] records each fused op as
+//! one graph node whose backward calls the inner backend's fused backward.
 //!
-//! The tensor-level entry points are [`group_norm`] and [`attention`]; the unfused
-//! compositions they replace are in [`reference`] (used by the property tests, and as the
+//! Design notes, test bounds and measurements: `docs/kernels.md`.
+//!
+//! The tensor-level entry points are [`group_norm`], [`attention`] and [`conv2d`]; the unfused
+//! compositions they replace are in [`mod@reference`] (used by the property tests, and as the
 //! fallback).
 //!
 //! ```

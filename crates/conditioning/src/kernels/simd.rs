@@ -131,3 +131,83 @@ pub(super) unsafe fn affine_silu(xs: &[f32], out: &mut [f32], mean: f32, a: f32,
         out[i] = y / (1.0 + exp_f32::<true>(-y));
     }
 }
+
+/// Constants of one channel of the group-norm backward (see `flex::backward_group_impl`).
+pub(super) struct NormBackwardChannel {
+    pub mean: f32,
+    pub rstd: f32,
+    pub gamma: f32,
+    pub beta: f32,
+    /// `1 + scale` (1 without FiLM).
+    pub factor: f32,
+    /// FiLM shift (0 without FiLM).
+    pub shift: f32,
+    pub silu: bool,
+}
+
+/// For one block of one channel: writes `dx = (1 + scale)·γ·dy₁` and returns the f32 sums
+/// `[Σ dy₁, Σ dy₁·y₀, Σ dy₁·x̂]`, where `x̂ = (x − μ)·r`, `y₀ = γ·x̂ + β`,
+/// `y₁ = (1 + scale)·y₀ + shift` and `dy₁ = dy·silu′(y₁)` (or `dy` without SiLU).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `dy` and `dx` are at least as long as `xs`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn norm_backward_block(
+    xs: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    c: &NormBackwardChannel,
+) -> [f32; 3] {
+    let n = xs.len().min(dy.len()).min(dx.len());
+    let full = n / 8 * 8;
+    let (vmean, vrstd) = (_mm256_set1_ps(c.mean), _mm256_set1_ps(c.rstd));
+    let (vgamma, vbeta) = (_mm256_set1_ps(c.gamma), _mm256_set1_ps(c.beta));
+    let (vfactor, vshift) = (_mm256_set1_ps(c.factor), _mm256_set1_ps(c.shift));
+    let vscale_g = _mm256_set1_ps(c.factor * c.gamma);
+    let one = _mm256_set1_ps(1.0);
+    let sign = _mm256_set1_ps(-0.0);
+    let (mut a0, mut a1, mut a2) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    for i in (0..full).step_by(8) {
+        // SAFETY: i + 8 <= full <= every length.
+        unsafe {
+            let x = _mm256_loadu_ps(xs.as_ptr().add(i));
+            let g = _mm256_loadu_ps(dy.as_ptr().add(i));
+            let xhat = _mm256_mul_ps(_mm256_sub_ps(x, vmean), vrstd);
+            let y0 = _mm256_fmadd_ps(vgamma, xhat, vbeta);
+            let dy1 = if c.silu {
+                let y1 = _mm256_fmadd_ps(vfactor, y0, vshift);
+                let sg = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_xor_ps(y1, sign))));
+                // σ(y)·(1 + y·(1 − σ(y)))
+                let d = _mm256_fmadd_ps(y1, _mm256_sub_ps(one, sg), one);
+                _mm256_mul_ps(g, _mm256_mul_ps(sg, d))
+            } else {
+                g
+            };
+            a0 = _mm256_add_ps(a0, dy1);
+            a1 = _mm256_fmadd_ps(dy1, y0, a1);
+            a2 = _mm256_fmadd_ps(dy1, xhat, a2);
+            _mm256_storeu_ps(dx.as_mut_ptr().add(i), _mm256_mul_ps(vscale_g, dy1));
+        }
+    }
+    let mut sums = [hsum(a0), hsum(a1), hsum(a2)];
+    for i in full..n {
+        let xhat = (xs[i] - c.mean) * c.rstd;
+        let y0 = c.gamma * xhat + c.beta;
+        let dy1 = if c.silu {
+            let y1 = c.factor * y0 + c.shift;
+            let sg = 1.0 / (1.0 + exp_f32::<true>(-y1));
+            dy[i] * sg * (1.0 + y1 * (1.0 - sg))
+        } else {
+            dy[i]
+        };
+        sums[0] += dy1;
+        sums[1] += dy1 * y0;
+        sums[2] += dy1 * xhat;
+        dx[i] = c.factor * c.gamma * dy1;
+    }
+    sums
+}
