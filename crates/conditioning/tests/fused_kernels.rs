@@ -682,3 +682,34 @@ fn fused_conv2d_large_maps_match_burn_conv2d() {
         }
     }
 }
+
+/// A NaN in the input must reach the output (the AVX2 `exp` must not clamp it away), and an
+/// empty query sequence must not panic in the blocked backward.
+#[test]
+fn fused_attention_propagates_nan_and_handles_empty_queries() {
+    type B = Flex;
+    let (b, h, l, s, d) = (1, 2, 9, 16, 8);
+    let mut qv = values(b * h * l * d, 1, 1.0, 0.0);
+    qv[3] = f32::NAN;
+    let q = Tensor::<B, 4>::from_data(TensorData::new(qv, [b, h, l, d]), &Default::default());
+    let k = tensor::<B, 4>([b, h, s, d], 2, 1.0, 0.0);
+    let v = tensor::<B, 4>([b, h, s, d], 3, 1.0, 0.0);
+    let out = host(attention(q, k.clone(), v.clone(), None, 0.35));
+    assert!(out[..d].iter().all(|x| x.is_nan()), "row 0 must be NaN");
+    assert!(
+        out[d..].iter().all(|x| x.is_finite()),
+        "other rows must be finite"
+    );
+
+    let q = Tensor::<B, 4>::zeros([b, h, 0, d], &Default::default());
+    let g = reference::attention_backward::<B>(
+        q.clone().into_primitive().tensor(),
+        k.into_primitive().tensor(),
+        v.into_primitive().tensor(),
+        None,
+        q.into_primitive().tensor(),
+        0.35,
+    );
+    let dq = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(g.query));
+    assert_eq!(dq.dims(), [b, h, 0, d]);
+}

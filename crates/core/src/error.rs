@@ -65,6 +65,14 @@ pub enum Error {
         /// What is wrong, naming the tensors.
         message: String,
     },
+    /// A dataset file is missing, corrupt or inconsistent.
+    #[error("data {path}: {message}")]
+    Data {
+        /// The file or folder.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The object is not in a state where this call is allowed (e.g. step before set_timesteps).
     #[error("invalid state: {0}")]
     State(String),

@@ -385,6 +385,8 @@ unsafe fn forward_group_avx2(group: &Group<'_>, out: &mut [f32], silu: bool) {
 
 #[inline(always)]
 fn forward_group_impl<const FMA: bool>(group: &Group<'_>, out: &mut [f32], silu: bool) {
+    // FMA = true runs AVX2 + FMA intrinsics: only the detected-CPU wrapper may ask for it.
+    debug_assert!(!FMA || has_avx2_fma());
     let (mean, rstd) = moments(group.x, group.eps);
     let s = group.spatial;
     for (ch, (xs, os)) in group.x.chunks(s).zip(out.chunks_mut(s)).enumerate() {
@@ -453,6 +455,7 @@ fn backward_group_impl<const FMA: bool>(
     sums: &mut [[f64; 3]],
     silu: bool,
 ) {
+    debug_assert!(!FMA || has_avx2_fma());
     let (mean, rstd) = moments(group.x, group.eps);
     let s = group.spatial;
     let mut mean_g = 0.0f64;

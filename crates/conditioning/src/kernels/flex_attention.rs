@@ -236,6 +236,7 @@ fn softmax_block_impl<const FMA: bool>(
     bias: Option<(&View<'_>, usize, usize, usize)>,
     inv_sums: &mut [f32],
 ) {
+    debug_assert!(!FMA || has_avx2_fma());
     for (i, (row, inv)) in scores.chunks_mut(s).zip(inv_sums.iter_mut()).enumerate() {
         if let Some((m, bi, hi, r0)) = bias {
             for (j, x) in row.iter_mut().enumerate() {

@@ -16,7 +16,15 @@ use rayon::prelude::*;
 /// batch: a GEMM only a few dozen columns wide leaves the micro-kernel mostly idle.
 const MERGE_BATCH_BELOW_PIXELS: usize = 512;
 
-/// A contiguous f32 copy-free view, or `None` for other dtypes.
+/// The largest im2col matrix (f32 elements, 256 MiB) this kernel builds for one sample.
+const MAX_COL_ELEMENTS: usize = 1 << 26;
+
+/// Scratch buffers larger than this (64 MiB) are freed after use instead of being kept by
+/// the thread for the next call.
+const MAX_CACHED_SCRATCH: usize = 1 << 24;
+
+/// The tensor as contiguous f32 (a copy only when it is not contiguous already), or `None`
+/// for other dtypes.
 fn f32_tensor(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
 }
@@ -65,9 +73,12 @@ impl Problem {
         if sh == 0 || sw == 0 || dh == 0 || dw == 0 {
             return None;
         }
-        let span_h = dh * (kh - 1) + 1;
-        let span_w = dw * (kw - 1) + 1;
-        if h + 2 * ph < span_h || w + 2 * pw < span_w {
+        // Checked: absurd padding or dilation must not overflow into a bogus geometry.
+        let span_h = dh.checked_mul(kh - 1)?.checked_add(1)?;
+        let span_w = dw.checked_mul(kw - 1)?.checked_add(1)?;
+        let padded_h = ph.checked_mul(2)?.checked_add(h)?;
+        let padded_w = pw.checked_mul(2)?.checked_add(w)?;
+        if padded_h < span_h || padded_w < span_w {
             return None;
         }
         let g = Geometry {
@@ -76,12 +87,18 @@ impl Problem {
             w,
             kh,
             kw,
-            oh: (h + 2 * ph - span_h) / sh + 1,
-            ow: (w + 2 * pw - span_w) / sw + 1,
+            oh: (padded_h - span_h) / sh + 1,
+            ow: (padded_w - span_w) / sw + 1,
             stride: [sh, sw],
             padding: [ph, pw],
             dilation: [dh, dw],
         };
+        // One sample's im2col matrix must fit the budget; larger maps (a VAE decoder at
+        // 512×512) use burn's tiled convolution instead.
+        let col_len = (cin * kh * kw).checked_mul(g.oh.checked_mul(g.ow)?)?;
+        if col_len > MAX_COL_ELEMENTS {
+            return None;
+        }
         let x = f32_tensor(x)?;
         let weight = f32_tensor(weight)?;
         let ok = x.as_slice::<f32>()?.len() == n * cin * h * w
@@ -161,7 +178,7 @@ pub(super) fn conv2d(
                     row.copy_from_slice(&product[c * cols + s * npix..c * cols + (s + 1) * npix]);
                 }
             });
-    } else if per_sample_tasks(n) {
+    } else if per_sample_tasks(n, k * npix) {
         // One sample per task, each single-threaded: no thread synchronisation inside the
         // (small) per-sample GEMMs.
         out.par_chunks_mut(cout * npix)
@@ -254,7 +271,7 @@ impl Drop for ScratchBuffer {
         let buf = std::mem::take(&mut self.buf);
         SCRATCH.with(|s| {
             let cached = &mut s.borrow_mut()[self.slot];
-            if buf.capacity() > cached.capacity() {
+            if buf.capacity() > cached.capacity() && buf.capacity() <= MAX_CACHED_SCRATCH {
                 *cached = buf;
             }
         });
@@ -292,9 +309,13 @@ fn gemm_rows(
 /// Whether a batch of `n` is split into one task per sample (each with a single-threaded
 /// GEMM) rather than parallelising inside each sample's GEMM: when the samples divide
 /// evenly over the threads, or there are many of them.
-fn per_sample_tasks(n: usize) -> bool {
+/// Only when every thread's own im2col buffers (`col_len` elements each, two in the
+/// backward pass) fit in [`MAX_COL_ELEMENTS`] together.
+fn per_sample_tasks(n: usize, col_len: usize) -> bool {
     let threads = rayon::current_num_threads().max(1);
-    n > 1 && (n.is_multiple_of(threads) || n >= 4 * threads)
+    n > 1
+        && (n.is_multiple_of(threads) || n >= 4 * threads)
+        && col_len.saturating_mul(2 * threads) <= MAX_COL_ELEMENTS
 }
 
 /// Writes sample `x` (`[C_in, H, W]`) as im2col rows `(c, ky, kx)` into `col`, whose rows
@@ -440,7 +461,7 @@ pub(super) fn conv2d_backward(
             col2im(&dcol, dxs, g, par);
         }
     };
-    let dw = if per_sample_tasks(n) {
+    let dw = if per_sample_tasks(n, k * npix) {
         dx.par_chunks_mut(plane)
             .enumerate()
             .fold(

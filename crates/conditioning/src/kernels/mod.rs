@@ -254,6 +254,9 @@ pub fn conv2d<B: EmberBackend>(
 
 /// Scaled dot-product attention `softmax(scale·QKᵀ + bias)·V` on `[B, H, L, D]` queries and
 /// `[B, H, S, D]` keys and values; `bias` is an additive `[B, H, L, S]` score bias.
+///
+/// Under autodiff the bias is a constant: it receives no gradient (it is meant for masks,
+/// not for a learned bias).
 pub fn attention<B: EmberBackend>(
     query: Tensor<B, 4>,
     key: Tensor<B, 4>,

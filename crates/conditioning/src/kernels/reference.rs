@@ -194,10 +194,10 @@ pub fn attention_backward_in_blocks<B: Backend>(
         dq_blocks.push(ds.clone().matmul(k.clone()) * scale);
         dk = dk + ds.swap_dims(2, 3).matmul(q_blk) * scale;
     }
-    let dq = if dq_blocks.len() == 1 {
-        dq_blocks.pop().unwrap_or_else(|| q.zeros_like())
-    } else {
-        Tensor::cat(dq_blocks, 2)
+    let dq = match dq_blocks.len() {
+        0 => q.zeros_like(),
+        1 => dq_blocks.pop().unwrap_or_else(|| q.zeros_like()),
+        _ => Tensor::cat(dq_blocks, 2),
     };
     AttentionGrads {
         query: prim(dq),

@@ -23,9 +23,11 @@ const P: [f32; 6] = [
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 fn exp8(x: __m256) -> __m256 {
+    // `x` second: max/min return their second operand when either is NaN, so a NaN input
+    // stays NaN (as in `exp_f32` and burn's ops) instead of being clamped to a number.
     let x = _mm256_min_ps(
-        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
         _mm256_set1_ps(88.0),
+        _mm256_max_ps(_mm256_set1_ps(-87.0), x),
     );
     let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2E), _mm256_set1_ps(MAGIC));
     let n = _mm256_sub_ps(shifted, _mm256_set1_ps(MAGIC));
