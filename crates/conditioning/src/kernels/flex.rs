@@ -80,19 +80,7 @@ impl EmberBackend for Flex {
         let fast = super::flex_conv::conv2d_backward(&x, &weight, bias.is_some(), &grad, &options);
         match fast {
             Some((x, weight, bias)) => Conv2dGrads { x, weight, bias },
-            None => {
-                let bias = bias.map(|b| Self::conv2d_bias_backward(x.clone(), b, grad.clone()));
-                Conv2dGrads {
-                    x: Self::conv2d_x_backward(
-                        x.clone(),
-                        weight.clone(),
-                        grad.clone(),
-                        options.clone(),
-                    ),
-                    weight: Self::conv2d_weight_backward(x, weight, grad, options),
-                    bias,
-                }
-            }
+            None => reference::conv2d_backward::<Self>(x, weight, bias, grad, options),
         }
     }
 }

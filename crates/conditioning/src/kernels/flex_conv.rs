@@ -178,49 +178,35 @@ pub(super) fn conv2d(
                     row.copy_from_slice(&product[c * cols + s * npix..c * cols + (s + 1) * npix]);
                 }
             });
-    } else if per_sample_tasks(n, k * npix) {
-        // One sample per task, each single-threaded: no thread synchronisation inside the
-        // (small) per-sample GEMMs.
-        out.par_chunks_mut(cout * npix)
-            .enumerate()
-            .for_each(|(s, dst)| {
-                let input = &xv[s * cin * h * w..(s + 1) * cin * h * w];
-                let mut col = scratch(0, if pointwise { 0 } else { k * npix });
-                let rhs: &[f32] = if pointwise {
-                    input
-                } else {
-                    im2col(input, &mut col, npix, 0, g, false);
-                    &col
-                };
-                fill_bias(dst, npix, bv);
-                gemm_rows(
-                    dst,
-                    wv,
-                    rhs,
-                    (cout, npix, k),
-                    bv.is_some(),
-                    Parallelism::None,
-                );
-            });
     } else {
-        let mut col = scratch(0, if pointwise { 0 } else { k * npix });
-        for (s, dst) in out.chunks_mut(cout * npix).enumerate() {
+        // One sample: im2col (skipped for 1×1) then `dst = bias + W·col`.
+        let one_sample = |s: usize, dst: &mut [f32], parallel: bool| {
             let input = &xv[s * cin * h * w..(s + 1) * cin * h * w];
+            let mut col = scratch(0, if pointwise { 0 } else { k * npix });
             let rhs: &[f32] = if pointwise {
                 input
             } else {
-                im2col(input, &mut col, npix, 0, g, true);
+                im2col(input, &mut col, npix, 0, g, parallel);
                 &col
             };
             fill_bias(dst, npix, bv);
-            gemm_rows(
-                dst,
-                wv,
-                rhs,
-                (cout, npix, k),
-                bv.is_some(),
-                Parallelism::Rayon(0),
-            );
+            let parallelism = if parallel {
+                Parallelism::Rayon(0)
+            } else {
+                Parallelism::None
+            };
+            gemm_rows(dst, wv, rhs, (cout, npix, k), bv.is_some(), parallelism);
+        };
+        if per_sample_tasks(n, k * npix) {
+            // One sample per task, each single-threaded: no thread synchronisation inside
+            // the (small) per-sample GEMMs.
+            out.par_chunks_mut(cout * npix)
+                .enumerate()
+                .for_each(|(s, dst)| one_sample(s, dst, false));
+        } else {
+            for (s, dst) in out.chunks_mut(cout * npix).enumerate() {
+                one_sample(s, dst, true);
+            }
         }
     }
     Some(FlexTensor::from_data(TensorData::new(

@@ -196,12 +196,7 @@ pub trait EmberBackend: Backend {
         grad: FloatTensor<Self>,
         options: ConvOptions<2>,
     ) -> Conv2dGrads<Self> {
-        let bias = bias.map(|b| Self::conv2d_bias_backward(x.clone(), b, grad.clone()));
-        Conv2dGrads {
-            x: Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()),
-            weight: Self::conv2d_weight_backward(x, weight, grad, options),
-            bias,
-        }
+        reference::conv2d_backward::<Self>(x, weight, bias, grad, options)
     }
 }
 

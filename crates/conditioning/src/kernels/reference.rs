@@ -4,11 +4,13 @@
 //! of the property tests: run on `Autodiff<B>` they give the gradients burn derives by
 //! itself, which the fused backward passes must reproduce.
 
-use super::{float, prim, AttentionGrads, GroupNormGrads, GroupNormOptions, NormActivation};
+use super::{
+    float, prim, AttentionGrads, Conv2dGrads, GroupNormGrads, GroupNormOptions, NormActivation,
+};
 use burn::tensor::activation::{sigmoid, silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
-use burn::tensor::ops::{AttentionModuleOptions, FloatTensor};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions, FloatTensor};
 use burn::tensor::Tensor;
 
 /// Group norm, affine, optional FiLM and optional SiLU as separate burn ops; `x` is
@@ -203,5 +205,21 @@ pub fn attention_backward_in_blocks<B: Backend>(
         query: prim(dq),
         key: prim(dk),
         value: prim(dv),
+    }
+}
+
+/// The convolution gradients from the backend's own conv2d backward ops.
+pub fn conv2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) -> Conv2dGrads<B> {
+    let bias = bias.map(|b| B::conv2d_bias_backward(x.clone(), b, grad.clone()));
+    Conv2dGrads {
+        x: B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()),
+        weight: B::conv2d_weight_backward(x, weight, grad, options),
+        bias,
     }
 }
