@@ -474,6 +474,14 @@ proptest! {
     }
 }
 
+/// `[B, H, L, D]` heads as a view of token-first `[B, L, H·D]` memory (how the attention
+/// layer splits heads).
+fn token_first_heads([b, l, h, d]: [usize; 4], seed: u64) -> Tensor<Flex, 4> {
+    tensor::<Flex, 3>([b, l, h * d], seed, 1.0, 0.0)
+        .reshape([b, l, h, d])
+        .swap_dims(1, 2)
+}
+
 /// Head splits as views of token-first `[B, L, H·D]` and channel-first `[B, H·D, L]`
 /// memory (what the attention layers pass), against burn's op on the same values.
 #[test]
@@ -484,15 +492,9 @@ fn fused_attention_reads_strided_views() {
         host(unfused_attention(q, k, v, None, 0.3))
     };
     // Token-first.
-    let q = tensor::<B, 3>([b, l, h * d], 1, 1.0, 0.0)
-        .reshape([b, l, h, d])
-        .swap_dims(1, 2);
-    let k = tensor::<B, 3>([b, s, h * d], 2, 1.0, 0.0)
-        .reshape([b, s, h, d])
-        .swap_dims(1, 2);
-    let v = tensor::<B, 3>([b, s, h * d], 3, 1.0, 0.0)
-        .reshape([b, s, h, d])
-        .swap_dims(1, 2);
+    let q = token_first_heads([b, l, h, d], 1);
+    let k = token_first_heads([b, s, h, d], 2);
+    let v = token_first_heads([b, s, h, d], 3);
     let want = unfused(q.clone(), k.clone(), v.clone());
     let got = attention(q, k, v, None, 0.3);
     // The output comes back in the query's (token-first) memory order; merging heads is a view.
@@ -625,17 +627,10 @@ proptest! {
 /// Long sequences: several query blocks per head on Flex, against burn's op.
 #[test]
 fn fused_attention_long_sequences() {
-    type B = Flex;
     for (b, h, l, s, d) in [(1, 2, 600, 700, 16), (1, 8, 1030, 1030, 40)] {
-        let q = tensor::<B, 3>([b, l, h * d], 1, 1.0, 0.0)
-            .reshape([b, l, h, d])
-            .swap_dims(1, 2);
-        let k = tensor::<B, 3>([b, s, h * d], 2, 1.0, 0.0)
-            .reshape([b, s, h, d])
-            .swap_dims(1, 2);
-        let v = tensor::<B, 3>([b, s, h * d], 3, 1.0, 0.0)
-            .reshape([b, s, h, d])
-            .swap_dims(1, 2);
+        let q = token_first_heads([b, l, h, d], 1);
+        let k = token_first_heads([b, s, h, d], 2);
+        let v = token_first_heads([b, s, h, d], 3);
         let scale = 1.0 / (d as f64).sqrt();
         let want = host(unfused_attention(
             q.clone(),

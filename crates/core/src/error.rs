@@ -95,6 +95,13 @@ impl Error {
             message: message.into(),
         }
     }
+    /// Shorthand for [`Error::Data`].
+    pub fn data(path: &std::path::Path, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn argument(argument: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidArgument {

@@ -23,10 +23,7 @@ pub fn load_batches(paths: &[PathBuf]) -> Result<LabeledImages> {
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for path in paths {
-        let err = |message: String| Error::Data {
-            path: path.display().to_string(),
-            message,
-        };
+        let err = |message: String| Error::data(path, message);
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
             return Err(err(format!(

@@ -6,27 +6,20 @@ use crate::LabeledImages;
 use ember_core::{Error, Result};
 use std::path::Path;
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
-}
-
 /// An unsigned-byte IDX file's dimensions and data.
 fn read_u8_idx(path: &Path, dims_expected: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).map_err(|e| data_err(path, e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::data(path, e.to_string()))?;
     if bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             "is gzip-compressed; decompress it first (gunzip)",
         ));
     }
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
-        return Err(data_err(path, "not an IDX file (bad magic number)"));
+        return Err(Error::data(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!(
                 "IDX element type 0x{:02x} is not unsigned bytes (0x08)",
@@ -36,14 +29,14 @@ fn read_u8_idx(path: &Path, dims_expected: usize) -> Result<(Vec<usize>, Vec<u8>
     }
     let ndims = bytes[3] as usize;
     if ndims != dims_expected {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!("has {ndims} dimensions, expected {dims_expected}"),
         ));
     }
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(data_err(path, "truncated IDX header"));
+        return Err(Error::data(path, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndims)
         .map(|i| {
@@ -54,9 +47,9 @@ fn read_u8_idx(path: &Path, dims_expected: usize) -> Result<(Vec<usize>, Vec<u8>
     let len = dims
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| data_err(path, "dimensions overflow"))?;
+        .ok_or_else(|| Error::data(path, "dimensions overflow"))?;
     if bytes.len() - header != len {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!(
                 "header says {dims:?} ({len} bytes of data) but the file holds {}",
@@ -73,7 +66,7 @@ pub fn load_idx(images: &Path, labels: &Path, num_classes: usize) -> Result<Labe
     let (dims, pixels) = read_u8_idx(images, 3)?;
     let (label_dims, labels_raw) = read_u8_idx(labels, 1)?;
     if label_dims[0] != dims[0] {
-        return Err(data_err(
+        return Err(Error::data(
             labels,
             format!(
                 "{} labels for {} images in {}",
@@ -88,7 +81,7 @@ pub fn load_idx(images: &Path, labels: &Path, num_classes: usize) -> Result<Labe
         .enumerate()
         .find(|(_, &l)| l as usize >= num_classes)
     {
-        return Err(data_err(
+        return Err(Error::data(
             labels,
             format!("label {l} at index {i} is not below {num_classes}"),
         ));

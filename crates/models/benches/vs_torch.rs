@@ -203,6 +203,38 @@ fn timed(n: usize, mut f: impl FnMut() -> f32) -> Vec<f64> {
         .collect()
 }
 
+/// A forward's outcome: its first output against diffusers' (`tolerance` relative to the
+/// reference's largest magnitude), then, if that passes, `warmup − 1` untimed and `runs`
+/// timed calls, each ending with a scalar read-back.
+fn check_then_time<const D: usize>(
+    run: impl Fn() -> Tensor<B, D>,
+    reference: &[f32],
+    tolerance: f64,
+    warmup: usize,
+    runs: usize,
+) -> Outcome {
+    let (err, scale) = compare(&host(run()), reference);
+    let mut outcome = Outcome {
+        check: "output vs diffusers' output",
+        max_abs_err: err,
+        rel_err: err / scale,
+        tolerance,
+        extra: Map::new(),
+        times: Vec::new(),
+    };
+    outcome
+        .extra
+        .insert("max_abs_reference".into(), json!(scale));
+    if !outcome.ok() {
+        return outcome;
+    }
+    for _ in 1..warmup {
+        std::hint::black_box(run().sum().into_scalar().elem::<f32>());
+    }
+    outcome.times = timed(runs, || run().sum().into_scalar().elem::<f32>());
+    outcome
+}
+
 /// Forward of a diffusers U-Net folder (`ddpm_cifar10_*`, `sd15_unet_b1`).
 fn unet_forward(dir: &Path, warmup: usize, runs: usize) -> Outcome {
     let device = Default::default();
@@ -221,26 +253,7 @@ fn unet_forward(dir: &Path, warmup: usize, runs: usize) -> Outcome {
         )
         .unwrap_or_else(|e| die(format!("forward: {e}")))
     };
-    let (err, scale) = compare(&host(run()), &reference);
-    let mut outcome = Outcome {
-        check: "output vs diffusers' output",
-        max_abs_err: err,
-        rel_err: err / scale,
-        tolerance: 1e-3,
-        extra: Map::new(),
-        times: Vec::new(),
-    };
-    outcome
-        .extra
-        .insert("max_abs_reference".into(), json!(scale));
-    if !outcome.ok() {
-        return outcome;
-    }
-    for _ in 1..warmup {
-        std::hint::black_box(run().sum().into_scalar().elem::<f32>());
-    }
-    outcome.times = timed(runs, || run().sum().into_scalar().elem::<f32>());
-    outcome
+    check_then_time(run, &reference, 1e-3, warmup, runs)
 }
 
 /// One training step: forward, MSE, backward, AdamW update; returns the model and the loss
@@ -366,26 +379,7 @@ fn attention(dir: &Path, warmup: usize, runs: usize) -> Outcome {
     );
     let (_, reference) = host_float(&io, "output", &io_path);
     let run = || layer.forward_tokens(hidden.clone(), None, None);
-    let (err, scale) = compare(&host(run()), &reference);
-    let mut outcome = Outcome {
-        check: "output vs diffusers' output",
-        max_abs_err: err,
-        rel_err: err / scale,
-        tolerance: 1e-4,
-        extra: Map::new(),
-        times: Vec::new(),
-    };
-    outcome
-        .extra
-        .insert("max_abs_reference".into(), json!(scale));
-    if !outcome.ok() {
-        return outcome;
-    }
-    for _ in 1..warmup {
-        std::hint::black_box(run().sum().into_scalar().elem::<f32>());
-    }
-    outcome.times = timed(runs, || run().sum().into_scalar().elem::<f32>());
-    outcome
+    check_then_time(run, &reference, 1e-4, warmup, runs)
 }
 
 fn main() {
