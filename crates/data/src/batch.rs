@@ -61,7 +61,7 @@ impl Examples {
                 format!("must be non-empty with no zero axis, got {example_shape:?}"),
             ));
         }
-        if values.len() % per != 0 {
+        if !values.len().is_multiple_of(per) {
             return Err(Error::argument(
                 "values",
                 format!(

@@ -417,10 +417,16 @@ impl TrainConfig {
                 format!("must lie in [0, 1), got {:?}", p.betas),
             ));
         }
-        if !(p.epsilon.is_finite() && p.epsilon > 0.0) || !(p.weight_decay >= 0.0) {
+        if !(p.epsilon.is_finite() && p.epsilon > 0.0) {
             return Err(Error::config(
                 "optimizer.epsilon",
-                "epsilon must be > 0 and weight_decay ≥ 0",
+                format!("must be > 0, got {}", p.epsilon),
+            ));
+        }
+        if !(p.weight_decay.is_finite() && p.weight_decay >= 0.0) {
+            return Err(Error::config(
+                "optimizer.weight_decay",
+                format!("must be ≥ 0, got {}", p.weight_decay),
             ));
         }
         let schedules = ["constant", "cosine"];

@@ -24,7 +24,7 @@
 //! # Ok::<(), ember_core::Error>(())
 //! ```
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Initializer, Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -52,8 +52,9 @@ pub const FEATURE_DIM: usize = 128;
 const EVAL_BATCH: usize = 500;
 
 /// A small CNN for 28×28 single-channel digits with intensities in `[-1, 1]`:
-/// conv 3×3 (32) → ReLU → max-pool 2 → conv 3×3 (64) → ReLU → max-pool 2 → linear 3136→128
-/// → ReLU (the features) → linear 128→10 (the logits).
+/// conv 3×3 (32, zero padding 1) → ReLU → max-pool 2 (14×14) → conv 3×3 (64, padding 1) →
+/// ReLU → max-pool 2 (7×7) → linear 3136→128 → ReLU (the features) → linear 128→10 (the
+/// logits).
 ///
 /// Parameters are saved under the keys `conv1.*`, `conv2.*`, `fc.*`, `head.*`.
 #[derive(Module, Debug)]
@@ -66,20 +67,52 @@ pub struct DigitClassifier<B: Backend> {
 }
 
 impl<B: Backend> DigitClassifier<B> {
-    /// A classifier with burn's default (Kaiming-uniform) initialisation, drawn from the
-    /// backend's random generator (seed it with `B::seed` for a reproducible start).
+    /// A freshly initialised classifier: [`DigitClassifier::seeded`] with seed 0.
     pub fn new(device: &B::Device) -> Self {
-        let conv = |c_in, c_out| {
-            Conv2dConfig::new([c_in, c_out], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device)
+        Self::seeded(0, device)
+    }
+
+    /// A freshly initialised classifier whose weights and biases are drawn uniformly from
+    /// `±1/√fan_in` (burn's and PyTorch's default Kaiming-uniform bound) by a ChaCha8
+    /// generator seeded with `seed`: the same seed gives the same weights on every backend,
+    /// whatever else draws random numbers meanwhile.
+    pub fn seeded(seed: u64, device: &B::Device) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut uniform = |shape: Vec<usize>, fan_in: usize| {
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+            TensorData::new(values, shape)
         };
+        let mut conv = |c_in: usize, c_out: usize| {
+            let mut layer = Conv2dConfig::new([c_in, c_out], [3, 3])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .with_initializer(Initializer::Zeros)
+                .init(device);
+            let fan_in = c_in * 9;
+            layer.weight = Param::from_data(uniform(vec![c_out, c_in, 3, 3], fan_in), device);
+            layer.bias = Some(Param::from_data(uniform(vec![c_out], fan_in), device));
+            layer
+        };
+        let (conv1, conv2) = (conv(1, 32), conv(32, 64));
+        let mut linear = |d_in: usize, d_out: usize| {
+            let mut layer = LinearConfig::new(d_in, d_out)
+                .with_initializer(Initializer::Zeros)
+                .init(device);
+            layer.weight = Param::from_data(uniform(vec![d_in, d_out], d_in), device);
+            layer.bias = Some(Param::from_data(uniform(vec![d_out], d_in), device));
+            layer
+        };
+        let (fc, head) = (
+            linear(64 * 7 * 7, FEATURE_DIM),
+            linear(FEATURE_DIM, NUM_CLASSES),
+        );
         Self {
-            conv1: conv(1, 32),
-            conv2: conv(32, 64),
+            conv1,
+            conv2,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            fc: LinearConfig::new(64 * 7 * 7, FEATURE_DIM).init(device),
-            head: LinearConfig::new(FEATURE_DIM, NUM_CLASSES).init(device),
+            fc,
+            head,
         }
     }
 
@@ -215,21 +248,57 @@ pub fn digits_tensor<B: Backend>(
     ))
 }
 
+/// Like [`digits_tensor`] (indices already checked), each image translated by a random
+/// `(dy, dx)` in `[-max_shift, max_shift]²`, uncovered pixels set to background (−1).
+fn shifted_digits_tensor<B: Backend>(
+    data: &LabeledImages,
+    indices: &[usize],
+    max_shift: usize,
+    rng: &mut ChaCha8Rng,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let side = IMAGE_SIDE as isize;
+    let s = max_shift as i64;
+    let mut pixels = vec![-1.0f32; indices.len() * IMAGE_SIDE * IMAGE_SIDE];
+    for (out, &i) in pixels
+        .chunks_exact_mut(IMAGE_SIDE * IMAGE_SIDE)
+        .zip(indices)
+    {
+        let dy = rng.random_range(-s..=s) as isize;
+        let dx = rng.random_range(-s..=s) as isize;
+        let image = data.image(i);
+        for y in 0.max(dy)..side.min(side + dy) {
+            let src_row = ((y - dy) * side) as usize;
+            let dst_row = (y * side) as usize;
+            for x in 0.max(dx)..side.min(side + dx) {
+                out[dst_row + x as usize] = 2.0 * image[src_row + (x - dx) as usize] - 1.0;
+            }
+        }
+    }
+    Tensor::from_data(
+        TensorData::new(pixels, [indices.len(), 1, IMAGE_SIDE, IMAGE_SIDE]),
+        device,
+    )
+}
+
 /// How [`train_classifier`] trains.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClassifierOptions {
-    /// Passes over the training set (default 3).
+    /// Passes over the training set (default 5).
     pub epochs: usize,
     /// Images per step (default 64; the last batch of an epoch may be smaller).
     pub batch_size: usize,
-    /// Peak Adam learning rate (default 1e-3).
+    /// Peak Adam learning rate (default 3e-3).
     pub learning_rate: f64,
     /// Anneals the learning rate from `learning_rate` to 0 along a half cosine over the
     /// run's steps (default true); false keeps it constant.
     pub cosine_decay: bool,
-    /// Seeds the shuffling (ChaCha8) and the backend's generator for the initial weights
-    /// (default 0).
+    /// Augments each training image with a random translation of up to this many pixels
+    /// in each direction, filling with background (default 1; 0 turns it off).
+    pub max_shift: usize,
+    /// Seeds the initial weights ([`DigitClassifier::seeded`]) and the ChaCha8 stream of
+    /// the shuffles and shifts (default 0). Training is deterministic for a given seed.
     pub seed: u64,
     /// Stops after this many steps in all, if given (for quick runs and tests).
     pub max_steps: Option<usize>,
@@ -238,10 +307,11 @@ pub struct ClassifierOptions {
 impl Default for ClassifierOptions {
     fn default() -> Self {
         Self {
-            epochs: 3,
+            epochs: 5,
             batch_size: 64,
-            learning_rate: 1e-3,
+            learning_rate: 3e-3,
             cosine_decay: true,
+            max_shift: 1,
             seed: 0,
             max_steps: None,
         }
@@ -261,6 +331,15 @@ impl ClassifierOptions {
             return Err(Error::config(
                 "learning_rate",
                 format!("{} is not a positive finite number", self.learning_rate),
+            ));
+        }
+        if self.max_shift >= IMAGE_SIDE {
+            return Err(Error::config(
+                "max_shift",
+                format!(
+                    "{} pixels is not less than the image side {IMAGE_SIDE}",
+                    self.max_shift
+                ),
             ));
         }
         if self.max_steps == Some(0) {
@@ -321,9 +400,10 @@ pub fn train_classifier<B: AutodiffBackend>(
     let mut epoch_correct = 0.0;
     let mut epoch_seen = 0usize;
     let mut current_epoch = 0;
+    let mut last_elapsed = 0.0;
     let log_epoch = |epoch: usize, loss: f64, correct: f64, seen: usize, elapsed: f64| {
         log::info!(
-            "classifier epoch {}: mean loss {:.4}, train accuracy {:.4} ({elapsed:.1} s)",
+            "classifier epoch {}: mean batch loss {:.4}, mean batch accuracy {:.4} ({elapsed:.1} s)",
             epoch + 1,
             loss / seen.max(1) as f64,
             correct / seen.max(1) as f64,
@@ -336,10 +416,11 @@ pub fn train_classifier<B: AutodiffBackend>(
                 epoch_loss,
                 epoch_correct,
                 epoch_seen,
-                p.elapsed_s,
+                last_elapsed,
             );
             (epoch_loss, epoch_correct, epoch_seen, current_epoch) = (0.0, 0.0, 0, p.epoch);
         }
+        last_elapsed = p.elapsed_s;
         epoch_loss += p.loss;
         epoch_correct += p.batch_accuracy;
         epoch_seen += 1;
@@ -366,12 +447,11 @@ pub fn train_classifier_with_progress<B: AutodiffBackend>(
     let start = Instant::now();
     let n = train.len();
     let steps_per_epoch = n.div_ceil(options.batch_size);
-    let total_steps =
-        (steps_per_epoch * options.epochs).min(options.max_steps.unwrap_or(usize::MAX));
+    let total_steps = (steps_per_epoch.saturating_mul(options.epochs))
+        .min(options.max_steps.unwrap_or(usize::MAX));
 
-    B::seed(device, options.seed);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
-    let mut model = DigitClassifier::<B>::new(device);
+    let mut model = DigitClassifier::<B>::seeded(options.seed, device);
     let mut optim = AdamConfig::new().init::<B, DigitClassifier<B>>();
     let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
 
@@ -396,7 +476,11 @@ pub fn train_classifier_with_progress<B: AutodiffBackend>(
         let (mut loss_sum, mut correct, mut seen, mut batches) = (0.0, 0usize, 0usize, 0usize);
         let steps_left = total_steps - report.steps;
         for batch in order.chunks(options.batch_size).take(steps_left) {
-            let x = digits_tensor::<B>(train, batch, device)?;
+            let x = if options.max_shift == 0 {
+                digits_tensor::<B>(train, batch, device)?
+            } else {
+                shifted_digits_tensor::<B>(train, batch, options.max_shift, &mut rng, device)
+            };
             let labels: Vec<i64> = batch.iter().map(|&i| i64::from(train.label(i))).collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [batch.len()]), device);
 
@@ -607,7 +691,8 @@ impl FeatureStats {
     }
 
     /// Statistics from a given mean (`d` values) and covariance (`d × d` row-major, symmetric).
-    /// Fails on inconsistent lengths or non-finite values.
+    /// Fails on inconsistent lengths or non-finite values; symmetry is checked by
+    /// [`frechet_distance`].
     pub fn new(mean: Vec<f64>, cov: Vec<f64>) -> Result<Self> {
         let stats = Self { mean, cov };
         stats.check("stats")?;

@@ -858,7 +858,11 @@ pub fn write_samples<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
         config.sampling.schedulers.clone()
     };
     for name in names {
-        let (samples, shape, labels) = generate(model, train, config, &name, device)?;
+        let Generated {
+            values: samples,
+            shape,
+            labels,
+        } = generate(model, train, config, &name, device)?;
         let path = dir.join(format!("step-{step:08}-{name}.png"));
         model.write_preview(
             &samples,
@@ -872,16 +876,26 @@ pub fn write_samples<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
     Ok(written)
 }
 
+/// Samples drawn by [`generate`].
+#[derive(Debug, Clone)]
+pub struct Generated<const D: usize> {
+    /// The samples, row-major.
+    pub values: Vec<f32>,
+    /// Their shape.
+    pub shape: [usize; D],
+    /// The label each was asked for (class-conditional models).
+    pub labels: Option<Vec<usize>>,
+}
+
 /// Draws `samples_per_class` samples per class (or in total) with the scheduler class
-/// `scheduler_name`, guided at the configured scale. Returns the values, their shape and
-/// the requested labels.
+/// `scheduler_name`, guided at the configured scale.
 pub fn generate<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
     model: &M,
     train: &Examples,
     config: &TrainConfig,
     scheduler_name: &str,
     device: &B::Device,
-) -> Result<(Vec<f32>, [usize; D], Option<Vec<usize>>)> {
+) -> Result<Generated<D>> {
     let mut scheduler =
         registry::from_class_name::<Tensor<B, D>>(scheduler_name, Some(&config.scheduler))?;
     let spc = config.sampling.samples_per_class;
@@ -935,7 +949,11 @@ pub fn generate<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
         .convert::<f32>()
         .into_vec::<f32>()
         .map_err(|e| Error::State(format!("cannot read samples back: {e:?}")))?;
-    Ok((values, shape, labels))
+    Ok(Generated {
+        values,
+        shape,
+        labels,
+    })
 }
 
 /// Writes `OUT/pipeline/`: the model folder, `scheduler/scheduler_config.json` and

@@ -42,10 +42,10 @@ fn mixture_samples_match_the_data() {
     let data = ember_train::data::load(&c.data, c.seed).unwrap();
     let mixture = ember_train::data::mixture(&c.data).unwrap();
     for name in ["DDIMScheduler", "DPMSolverMultistepScheduler"] {
-        let (samples, shape, _) =
+        let generated =
             ember_train::trainer::generate::<B, _, 2>(&model, &data.train, &c, name, &device)
                 .unwrap();
-        let n = shape[0];
+        let (samples, n) = (generated.values, generated.shape[0]);
         let pts: Vec<[f64; 2]> = samples
             .chunks_exact(2)
             .map(|p| [p[0] as f64, p[1] as f64])
