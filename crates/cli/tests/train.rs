@@ -279,3 +279,23 @@ fn bad_configs_fail_before_training() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An unconditional model trains on labelled data (the labels are not passed to it).
+#[test]
+fn unconditional_model_on_labelled_data() {
+    let dir = temp_dir("uncond");
+    let text = CONFIG
+        .replace("num_class_embeds = 4\n", "")
+        .replace("condition_dropout = 0.2", "condition_dropout = 0.0")
+        .replace("guidance_scale = 2.0", "guidance_scale = 1.0")
+        .replace("steps = 16", "steps = 2");
+    let path = write_config(&dir, &text);
+    let out = ember(&["train", "--config", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("out/pipeline/unet/config.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}

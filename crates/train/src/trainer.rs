@@ -171,6 +171,8 @@ struct Objective {
     min_snr_gamma: Option<f64>,
     condition_dropout: f64,
     null_class: Option<usize>,
+    /// Whether the model takes class labels (an unconditional model ignores the data's).
+    use_labels: bool,
     density: TimestepDensity,
     random_flip: bool,
 }
@@ -489,6 +491,7 @@ where
             .then_some(config.objective.min_snr_gamma),
         condition_dropout: config.objective.condition_dropout,
         null_class,
+        use_labels: fresh_model.num_class_embeds().is_some(),
         density: timestep_density(config),
         random_flip: config.data.random_flip,
     };
@@ -777,7 +780,9 @@ fn micro_batch_items(
             if objective.random_flip && draws.flip[offset + k] {
                 ember_data::transforms::horizontal_flip(&mut item.values, width);
             }
-            if let (Some(null), true) = (objective.null_class, draws.drop[offset + k]) {
+            if !objective.use_labels {
+                item.label = None;
+            } else if let (Some(null), true) = (objective.null_class, draws.drop[offset + k]) {
                 item.label = Some(null);
             }
             Ok(item)
@@ -809,6 +814,12 @@ fn validate<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
         let items = (start..end)
             .map(|i| {
                 set.get(i)
+                    .map(|mut item| {
+                        if !objective.use_labels {
+                            item.label = None;
+                        }
+                        item
+                    })
                     .ok_or_else(|| Error::argument("validation", "index out of range"))
             })
             .collect::<Result<Vec<_>>>()?;
