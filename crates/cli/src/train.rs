@@ -88,7 +88,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             &options,
             indices
                 .iter()
-                .map(|&i| ember_core::burn::backend::cuda::CudaDevice::new(i))
+                .map(|&i| ember_core::burn::backend::cuda::CudaDevice { index: i })
                 .collect(),
         ),
         other => bail!("device `{other}` has no dispatch in this build"),
