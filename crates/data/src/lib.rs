@@ -13,7 +13,8 @@
 //! - [`transforms`]: `[0, 1] → [-1, 1]`, horizontal flip, centre and random crops, and
 //!   antialiased bilinear [`transforms::resize`].
 //!
-//! burn `Dataset` / `Batcher` adapters are still to come (the training issue).
+//! [`batch::Examples`] is the model-space (`[-1, 1]`), any-rank set the trainer reads through
+//! burn's `Dataset` trait, and [`batch::ExampleBatcher`] is its burn `Batcher`.
 //!
 //! ```no_run
 //! // After `cargo xtask fetch-data mnist`:
