@@ -213,7 +213,14 @@ def load_config(path):
     cls = getattr(diffusers, name, None)
     if cls is None or not hasattr(cls, "add_noise"):
         raise ConfigError(f"{path} [scheduler]: `{name}` is not a diffusers noise scheduler with add_noise")
-    _check_keys(f"{path} [scheduler] ({name} config)", sched, _init_params(cls))
+    # The same table configures the [sampling] schedulers (as in Ember), so a key is valid
+    # when the training scheduler or one of those takes it; from_config ignores the rest.
+    allowed = set(_init_params(cls))
+    for other in cfg["sampling"].get("schedulers", []):
+        other_cls = getattr(diffusers, other, None)
+        if other_cls is not None:
+            allowed |= _init_params(other_cls)
+    _check_keys(f"{path} [scheduler] ({name} config)", sched, allowed)
     cfg["scheduler"] = {"_class_name": name, **sched}
 
     # Value checks.

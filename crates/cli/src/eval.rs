@@ -115,32 +115,21 @@ fn go<B: EmberBackend>(args: &EvalArgs, device: B::Device) -> Result<()> {
         let mut options = SampleOptions::new(args.steps, args.seed);
         options.first_index = (digit * n) as u64;
         let cond = Conditioning::with_class_labels(labels(digit as i64));
-        let x = if args.guidance_scale != 1.0 {
-            let guided = ClassifierFreeGuidance::new(
-                &pipeline.unet,
-                args.guidance_scale,
-                Conditioning::with_class_labels(labels(null)),
-            )?;
-            sample(
-                &guided,
-                pipeline.scheduler.as_mut(),
-                &cond,
-                [n, 1, 28, 28],
-                &options,
-                &device,
-                &mut no_hook(),
-            )?
-        } else {
-            sample(
-                &pipeline.unet,
-                pipeline.scheduler.as_mut(),
-                &cond,
-                [n, 1, 28, 28],
-                &options,
-                &device,
-                &mut no_hook(),
-            )?
-        };
+        // At scale 1 the guidance wrapper runs the model once, unguided.
+        let guided = ClassifierFreeGuidance::new(
+            &pipeline.unet,
+            args.guidance_scale,
+            Conditioning::with_class_labels(labels(null)),
+        )?;
+        let x = sample(
+            &guided,
+            pipeline.scheduler.as_mut(),
+            &cond,
+            [n, 1, 28, 28],
+            &options,
+            &device,
+            &mut no_hook(),
+        )?;
         batches.push(x.clamp(-1.0, 1.0));
         requested.extend(std::iter::repeat_n(digit, n));
     }

@@ -17,7 +17,8 @@ use ember_pipelines::{
     img2img, inpaint, load_pipeline, sample, sample_from_noise, ClassifierFreeGuidance, Control,
     SampleOptions, SchedulerChoice, StepInfo,
 };
-use image::{DynamicImage, ImageBuffer, Luma, Rgb, RgbaImage};
+use ember_train::preview;
+use image::{DynamicImage, RgbImage, RgbaImage};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
@@ -433,54 +434,13 @@ fn to_host<B: Backend>(x: &Tensor<B, 4>) -> Result<Vec<f32>> {
 }
 
 /// A `[B, C, H, W]` batch in model space as one near-square grid of 8-bit pixels
-/// (`round((x / 2 + 0.5).clamp(0, 1) · 255)`, as diffusers' DDPMPipeline), RGBA.
-fn grid(values: &[f32], shape: [usize; 4]) -> RgbaImage {
-    let [b, c, h, w] = shape;
-    let cols = (b as f64).sqrt().ceil().max(1.0) as usize;
-    let rows = b.div_ceil(cols);
-    let mut img = RgbaImage::from_pixel(
-        (cols * w) as u32,
-        (rows * h) as u32,
-        image::Rgba([0, 0, 0, 255]),
-    );
-    let px = |v: f32| ((v / 2.0 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8;
-    for i in 0..b {
-        let (gx, gy) = ((i % cols) * w, (i / cols) * h);
-        for y in 0..h {
-            for x in 0..w {
-                let at = |ch: usize| values[((i * c + ch) * h + y) * w + x];
-                let rgb = if c == 1 {
-                    let g = px(at(0));
-                    [g, g, g]
-                } else {
-                    [px(at(0)), px(at(1)), px(at(2))]
-                };
-                img.put_pixel(
-                    (gx + x) as u32,
-                    (gy + y) as u32,
-                    image::Rgba([rgb[0], rgb[1], rgb[2], 255]),
-                );
-            }
-        }
-    }
-    img
-}
-
-/// Writes the grid as a grayscale or RGB PNG.
-fn write_png(path: &Path, img: &RgbaImage, channels: usize) -> Result<()> {
-    let (w, h) = img.dimensions();
-    let result = if channels == 1 {
-        let g: ImageBuffer<Luma<u8>, Vec<u8>> =
-            ImageBuffer::from_fn(w, h, |x, y| Luma([img.get_pixel(x, y).0[0]]));
-        g.save_with_format(path, image::ImageFormat::Png)
-    } else {
-        let rgb: ImageBuffer<Rgb<u8>, Vec<u8>> = ImageBuffer::from_fn(w, h, |x, y| {
-            let p = img.get_pixel(x, y).0;
-            Rgb([p[0], p[1], p[2]])
-        });
-        rgb.save_with_format(path, image::ImageFormat::Png)
-    };
-    result.with_context(|| format!("cannot write {}", path.display()))
+/// (`ember_train::preview`, which the training grids use too).
+fn grid(values: &[f32], shape: [usize; 4]) -> Result<RgbImage> {
+    Ok(preview::image_grid(
+        values,
+        shape,
+        preview::square_columns(shape[0]),
+    )?)
 }
 
 /// Writes the frames as a looping animated GIF.
@@ -552,7 +512,13 @@ fn run_on<B: EmberBackend>(device: B::Device, args: &SampleArgs, p: Prepared) ->
         }
         if keep_frames {
             match to_host(info.sample) {
-                Ok(v) => frames.push(grid(&v, shape)),
+                Ok(v) => match grid(&v, shape) {
+                    Ok(img) => frames.push(DynamicImage::ImageRgb8(img).into_rgba8()),
+                    Err(e) => {
+                        frame_error = Some(e);
+                        return Control::Stop;
+                    }
+                },
                 Err(e) => {
                     frame_error = Some(e);
                     return Control::Stop;
@@ -604,8 +570,8 @@ fn run_on<B: EmberBackend>(device: B::Device, args: &SampleArgs, p: Prepared) ->
     if values.iter().any(|v| !v.is_finite()) {
         log::warn!("the sample has non-finite values");
     }
-    let img = grid(&values, shape);
-    write_png(&args.out, &img, shape[1])?;
+    let img = grid(&values, shape)?;
+    preview::write_png(&args.out, &img, shape[1] != 3)?;
     println!(
         "wrote {} ({} sample{} of {}x{}, {}x{} grid)",
         args.out.display(),

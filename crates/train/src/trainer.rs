@@ -930,31 +930,27 @@ pub fn generate<B: EmberBackend, M: TrainableModel<B, D>, const D: usize>(
     };
     let scale = config.sampling.guidance_scale;
     let num_rows = model.num_class_embeds();
-    let x = match (&labels, scale != 1.0) {
-        (Some(l), true) => {
+    // Class-conditional models sample through the guidance wrapper (a single unguided
+    // pass at scale 1); unconditional ones directly.
+    let guided;
+    let denoiser: &dyn Denoiser<B, D> = match &labels {
+        Some(l) => {
             let null = num_rows.map(|r| r - 1).unwrap_or(0);
             let uncond = Conditioning::with_class_labels(to_tensor(&vec![null; l.len()]));
-            let guided = ClassifierFreeGuidance::new(model, scale, uncond)?;
-            sample(
-                &guided,
-                &mut *scheduler,
-                &conditioning,
-                shape,
-                &options,
-                device,
-                &mut no_hook(),
-            )?
+            guided = ClassifierFreeGuidance::new(model, scale, uncond)?;
+            &guided
         }
-        _ => sample(
-            model,
-            &mut *scheduler,
-            &conditioning,
-            shape,
-            &options,
-            device,
-            &mut no_hook(),
-        )?,
+        None => model,
     };
+    let x = sample(
+        denoiser,
+        &mut *scheduler,
+        &conditioning,
+        shape,
+        &options,
+        device,
+        &mut no_hook(),
+    )?;
     let values = x
         .into_data()
         .convert::<f32>()
